@@ -1,0 +1,19 @@
+# `make run` and `make test` each set up a virtualenv (once) and do their job.
+PYTHON ?= python3.11
+VENV   ?= .venv
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: setup run test bench
+setup: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(VENV)/bin/python flows/train_flow.py $(ARGS)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,50 @@
+"""Run parameters: one definition shared by the flow signature (the UI's run form), the command
+line and the deployment, so a bad value is refused the same way everywhere, before any work."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mnist_pipeline.errors import ConfigError
+
+Epochs = Annotated[int, Field(ge=1, le=500, description="Passes over the training set (README model: 10).")]
+BatchSize = Annotated[int, Field(ge=1, le=8192, description="Images per gradient step (README model: 32).")]
+ModelKind = Annotated[Literal["mlp", "cnn"], Field(
+    description="mlp: the README model (Flatten, Dense 128, Dense 64, Dense 10). cnn: conv layers "
+                "with batch norm and dropout, for more than 99%.")]
+MinAccuracy = Annotated[Optional[float], Field(
+    ge=0.0, le=1.0, description="Gate: promote only if test accuracy >= this. Empty: MNIST_MIN_ACCURACY (0.97).")]
+MaxRegression = Annotated[float, Field(
+    ge=0.0, le=1.0, description="Refuse a candidate whose test accuracy is below production's by more than this.")]
+AllowRegression = Annotated[bool, Field(
+    description="Promote even if worse than production by more than max_regression (on purpose).")]
+ValidationSize = Annotated[int, Field(
+    ge=100, le=30000, description="Training images held out for validation (the test set is only for the gate).")]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed for the split, initial weights and shuffling.")]
+LearningRate = Annotated[float, Field(gt=0.0, le=10.0, description="Adam learning rate (README model: 0.001).")]
+
+
+class TrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: Epochs = 10
+    batch_size: BatchSize = 32
+    model: ModelKind = "mlp"
+    min_accuracy: MinAccuracy = None
+    max_regression: MaxRegression = 0.005
+    allow_regression: AllowRegression = False
+    validation_size: ValidationSize = 5000
+    seed: Seed = 42
+    learning_rate: LearningRate = 0.001
+
+
+def parse_params(**values) -> TrainParams:
+    """TrainParams, or a one-line ConfigError naming the parameter and its allowed range."""
+    try:
+        return TrainParams(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "parameters"
+        raise ConfigError(f"parameter {name}={err.get('input')!r} is invalid: {err['msg']}") from None

@@ -1,0 +1,79 @@
+"""validate: IDX headers, shapes, dtypes, label range and class balance, before any training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from mnist_pipeline.errors import DatasetError
+
+IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
+EXPECTED_COUNTS = {"train": 60_000, "t10k": 10_000}
+
+
+@dataclass(frozen=True)
+class MnistArrays:
+    """uint8 views over the raw IDX bytes: no copy is made until normalisation."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def parse_idx(name: str, raw: bytes, expected_magic: int) -> np.ndarray:
+    if len(raw) < 8:
+        raise DatasetError(f"{name}: {len(raw)} bytes is too short for an IDX header")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != expected_magic:
+        raise DatasetError(f"{name}: magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+                           "(not an IDX file of this kind)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected_len = header + int(np.prod(dims))
+    if len(raw) != expected_len:
+        raise DatasetError(f"{name}: {len(raw)} bytes but its header {dims} needs {expected_len}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def validate_mnist(raw: dict[str, bytes]) -> tuple[MnistArrays, dict]:
+    """Parsed arrays and a small data profile for the report; DatasetError on anything off."""
+    arrays = {}
+    for split, count in EXPECTED_COUNTS.items():
+        images = parse_idx(f"{split}-images-idx3-ubyte", raw[f"{split}-images-idx3-ubyte"], IMAGES_MAGIC)
+        labels = parse_idx(f"{split}-labels-idx1-ubyte", raw[f"{split}-labels-idx1-ubyte"], LABELS_MAGIC)
+        if images.shape[1:] != (28, 28):
+            raise DatasetError(f"{split} images are {images.shape[1:]}, expected 28x28")
+        if len(images) != len(labels):
+            raise DatasetError(f"{split}: {len(images)} images but {len(labels)} labels; "
+                               "the image and label files do not belong together")
+        if len(images) != count:
+            raise DatasetError(f"{split}: {len(images)} samples, expected {count}")
+        if labels.max(initial=0) > 9:
+            bad = int(np.count_nonzero(labels > 9))
+            raise DatasetError(f"{split} labels: {bad} outside 0-9 (max {int(labels.max())})")
+        counts = np.bincount(labels, minlength=10)
+        if (counts == 0).any():
+            raise DatasetError(f"{split}: no sample of class(es) {np.flatnonzero(counts == 0).tolist()}")
+        arrays[split] = (images, labels, counts)
+    (xtr, ytr, ctr), (xte, yte, cte) = arrays["train"], arrays["t10k"]
+    profile = {
+        "train_samples": int(len(xtr)),
+        "test_samples": int(len(xte)),
+        "train_class_counts": ctr.tolist(),
+        "test_class_counts": cte.tolist(),
+        "train_pixel_mean": round(float(xtr.mean(dtype=np.float64)) / 255.0, 5),
+        "test_pixel_mean": round(float(xte.mean(dtype=np.float64)) / 255.0, 5),
+        "image_shape": [28, 28],
+        "dtype": "uint8",
+    }
+    return MnistArrays(xtr, ytr, xte, yte), profile
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_task(raw: dict[str, bytes]) -> tuple[MnistArrays, dict]:
+    return validate_mnist(raw)
