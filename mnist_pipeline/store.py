@@ -286,9 +286,12 @@ class S3Store(ArtifactStore):
         return resp["ETag"].strip('"')
 
     def put_if_match(self, key, data, etag, content_type="application/json"):
-        with self._errors(f"replace {key}"):
-            resp = self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
-                                           ContentType=content_type, IfMatch=f'"{etag}"')
+        try:
+            with self._errors(f"replace {key}"):
+                resp = self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
+                                               ContentType=content_type, IfMatch=f'"{etag}"')
+        except NotFoundInStore:  # S3 answers 404 when the object went away: also a lost race
+            raise PreconditionFailed(f"{key} no longer exists") from None
         return resp["ETag"].strip('"')
 
     def link(self, key, expires_s=7 * 24 * 3600):

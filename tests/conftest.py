@@ -1,0 +1,108 @@
+"""Shared fixtures: the real MNIST files (local mirror) and a real S3 endpoint (moto server
+process on 127.0.0.1), started here and torn down at the end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def mnist_mirror() -> Path:
+    """The official files, from ../shared/data/mnist (or MNIST_TEST_MIRROR)."""
+    path = Path(os.environ.get("MNIST_TEST_MIRROR", REPO.parent / "shared" / "data" / "mnist"))
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"MNIST test mirror not found at {path}: set MNIST_TEST_MIRROR to a folder "
+                    "holding the four official .gz files")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    """A moto S3 server in its own process, so tests can stop and restart it like a real outage."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("moto server exited at start")
+                time.sleep(0.1)
+        raise RuntimeError("moto server did not start within 30 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch) -> dict[str, str]:
+    """Environment for a fresh bucket on the moto endpoint (created by the store when missing)."""
+    env = {
+        "MNIST_STORE_URL": f"s3://test-{uuid.uuid4().hex[:12]}",
+        "AWS_ENDPOINT_URL_S3": moto_server.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing-key-id",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def s3_store(s3_env):
+    from mnist_pipeline.settings import load_settings
+    from mnist_pipeline.store import open_store
+
+    return open_store(load_settings())
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    from mnist_pipeline.store import LocalStore
+
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request):
+    """Each store test runs against both backends."""
+    return request.getfixturevalue(f"{request.param}_store")

@@ -1,0 +1,110 @@
+"""fetch on the real MNIST files: local and HTTP mirrors, the S3 cache, and bad mirrors."""
+
+import functools
+import gzip
+import http.server
+import shutil
+import threading
+
+import pytest
+
+from mnist_pipeline.errors import DatasetError, MirrorUnavailable
+from tasks.fetch import CACHE_PREFIX, MNIST_SHA256, fetch_mnist
+from tests.conftest import free_port
+
+FILES = [name + ".gz" for name in MNIST_SHA256]
+
+
+@pytest.fixture
+def mirror_copy(mnist_mirror, tmp_path):
+    """A writable copy of the mirror, to damage."""
+    folder = tmp_path / "mirror"
+    shutil.copytree(mnist_mirror, folder)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    return folder
+
+
+@pytest.fixture
+def http_mirror(mnist_mirror):
+    """The mirror served over real HTTP on 127.0.0.1."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mnist_mirror))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_fetch_from_local_mirror_caches_to_s3_then_refetches_without_mirror(s3_store, mnist_mirror, tmp_path):
+    raw = fetch_mnist(s3_store, (str(mnist_mirror),))
+    assert sorted(raw) == sorted(MNIST_SHA256)
+    assert len(raw["train-images-idx3-ubyte"]) == 16 + 60000 * 784
+    assert s3_store.list(CACHE_PREFIX) == sorted(CACHE_PREFIX + f for f in FILES)
+    gone = str(tmp_path / "no-such-mirror")
+    assert fetch_mnist(s3_store, (gone,)) == raw  # the verified cache alone serves the run
+
+
+def test_fetch_over_http_and_fall_through_a_dead_mirror(local_store, http_mirror):
+    dead = f"http://127.0.0.1:{free_port()}/mnist/"
+    raw = fetch_mnist(local_store, (dead, http_mirror), timeout_s=5)
+    assert len(raw["t10k-labels-idx1-ubyte"]) == 8 + 10000
+    assert len(local_store.list(CACHE_PREFIX)) == 4
+
+
+def test_mirror_without_the_file_falls_through_to_the_next(local_store, mirror_copy, mnist_mirror):
+    (mirror_copy / "t10k-labels-idx1-ubyte.gz").unlink()
+    raw = fetch_mnist(local_store, (str(mirror_copy), str(mnist_mirror)))
+    assert len(raw) == 4
+
+
+def test_a_damaged_cache_entry_is_refetched(local_store, mnist_mirror):
+    fetch_mnist(local_store, (str(mnist_mirror),))
+    local_store.put(CACHE_PREFIX + FILES[0], b"garbage")
+    raw = fetch_mnist(local_store, (str(mnist_mirror),))
+    assert len(raw[FILES[0][:-3]]) == 16 + 60000 * 784
+    assert gzip.decompress(local_store.get(CACHE_PREFIX + FILES[0])) == raw[FILES[0][:-3]]
+
+
+def _assert_nothing_cached(store):
+    assert store.list(CACHE_PREFIX) == []
+
+
+def test_truncated_gz_is_a_clear_error_and_nothing_is_cached(s3_store, mirror_copy):
+    target = mirror_copy / "train-labels-idx1-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-100])
+    with pytest.raises(DatasetError) as err:
+        fetch_mnist(s3_store, (str(mirror_copy),))
+    assert "train-labels-idx1-ubyte.gz" in str(err.value) and "truncated" in str(err.value)
+    _assert_nothing_cached(s3_store)
+
+
+def test_wrong_checksum_names_file_expected_and_actual(s3_store, mirror_copy):
+    target = mirror_copy / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(target.read_bytes()))
+    raw[100] = (raw[100] + 1) % 10  # same format, one label changed: a different dataset
+    target.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DatasetError) as err:
+        fetch_mnist(s3_store, (str(mirror_copy),))
+    message = str(err.value)
+    assert "t10k-labels-idx1-ubyte" in message and MNIST_SHA256["t10k-labels-idx1-ubyte"] in message
+    import hashlib
+    assert hashlib.sha256(bytes(raw)).hexdigest() in message and "\n" not in message
+    _assert_nothing_cached(s3_store)
+
+
+def test_mirror_with_a_file_missing_is_a_clear_error(local_store, mirror_copy):
+    (mirror_copy / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError) as err:
+        fetch_mnist(local_store, (str(mirror_copy),))
+    assert "train-labels-idx1-ubyte.gz is on none of the mirrors" in str(err.value)
+    _assert_nothing_cached(local_store)
+
+
+def test_unreachable_mirrors_are_a_transient_error(local_store):
+    dead = tuple(f"http://127.0.0.1:{free_port()}/" for _ in range(2))
+    with pytest.raises(MirrorUnavailable) as err:
+        fetch_mnist(local_store, dead, timeout_s=2)
+    assert "no mirror answered" in str(err.value) and dead[0] in str(err.value)
+    _assert_nothing_cached(local_store)
