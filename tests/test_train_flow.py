@@ -1,0 +1,145 @@
+"""End to end: `python flows/train_flow.py` as a user runs it, on the real MNIST files and a
+moto S3 endpoint over HTTP, with its own ephemeral Prefect server."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+
+from mnist_pipeline import registry
+from mnist_pipeline.models import model_from_bytes
+from mnist_pipeline.settings import load_settings
+from mnist_pipeline.store import open_store
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run_flow(env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "flows/train_flow.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def flow_env(moto_server, mnist_mirror, tmp_path_factory):
+    env = dict(os.environ,
+               MNIST_STORE_URL=f"s3://e2e-{uuid.uuid4().hex[:10]}",
+               MNIST_MIRRORS=str(mnist_mirror),
+               AWS_ENDPOINT_URL_S3=moto_server.endpoint,
+               AWS_ACCESS_KEY_ID="e2e-key-id", AWS_SECRET_ACCESS_KEY="e2e-secret",
+               AWS_DEFAULT_REGION="us-east-1",
+               PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-home")),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("MNIST_MIN_ACCURACY", None)
+    return env
+
+
+def store_for(env: dict):
+    keys = ("MNIST_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION")
+    return open_store(load_settings(**{k: env[k] for k in keys}))
+
+
+@pytest.fixture(scope="module")
+def default_run(flow_env):
+    proc = run_flow(flow_env)
+    return proc, store_for(flow_env)
+
+
+def test_default_run_promotes(default_run):
+    proc, store = default_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prod, _ = registry.read_production(store)
+    assert prod and f"run {prod['run_id']}" in proc.stdout and "promoted to production" in proc.stdout
+    assert prod["test_accuracy"] >= 0.97 and prod["model_key"] == f"runs/{prod['run_id']}/model.keras"
+    run = f"runs/{prod['run_id']}/"
+    expected = {"model.keras", "history.json", "metrics.json", "predictions.npy", "report.html",
+                "manifest.json", "plots/learning_curves.png", "plots/confusion_matrix.png",
+                "plots/sample_predictions.png", "plots/confident_mistakes.png",
+                "plots/per_class_accuracy.png"}
+    assert {k[len(run):] for k in store.list(run)} == expected
+    assert [r["decision"] for r in registry.read_history(store)] == ["promoted"]
+    assert store.list("datasets/mnist/") and len(store.list("datasets/mnist/")) == 4
+
+
+def test_stored_model_loads_in_safe_mode_and_reproduces_its_accuracy(default_run, mnist_mirror):
+    _, store = default_run
+    prod, _ = registry.read_production(store)
+    model = model_from_bytes(store.get(prod["model_key"]))
+    images = np.frombuffer(gzip.decompress((mnist_mirror / "t10k-images-idx3-ubyte.gz").read_bytes()),
+                           np.uint8, offset=16).reshape(-1, 28, 28)
+    labels = np.frombuffer(gzip.decompress((mnist_mirror / "t10k-labels-idx1-ubyte.gz").read_bytes()),
+                           np.uint8, offset=8)
+    predicted = model.predict(images.astype(np.float32) / 255.0, batch_size=2048, verbose=0).argmax(1)
+    accuracy = float((predicted == labels).mean())
+    metrics = json.loads(store.get(f"runs/{prod['run_id']}/metrics.json"))
+    assert abs(accuracy - metrics["test_accuracy"]) < 2e-4
+    stored_predictions = np.load(__import__("io").BytesIO(store.get(f"runs/{prod['run_id']}/predictions.npy")))
+    assert (stored_predictions != predicted).sum() <= 2  # float round-off at a tie, at most
+
+
+def test_manifest_metrics_and_report_tell_the_whole_story(default_run):
+    _, store = default_run
+    run_id = registry.read_production(store)[0]["run_id"]
+    manifest = json.loads(store.get(f"runs/{run_id}/manifest.json"))
+    assert manifest["run_id"] == run_id and manifest["parameters"]["epochs"] == 10
+    assert manifest["gate"]["promoted"] is True and manifest["min_accuracy"] == 0.97
+    assert manifest["dataset_sha256"]["train-images-idx3-ubyte"].startswith("ba891046")
+    assert {"tensorflow-cpu", "keras", "prefect"} <= set(manifest["versions"])
+    assert set(manifest["timings_s"]) >= {"fetch", "validate", "normalize", "train", "evaluate", "plots", "store", "promote"}
+    metrics = json.loads(store.get(f"runs/{run_id}/metrics.json"))
+    low, high = metrics["test_accuracy_ci95"]
+    assert low < metrics["test_accuracy"] < high
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 10000
+    assert set(metrics["per_class"]) == {str(d) for d in range(10)}
+    html = store.get(f"runs/{run_id}/report.html").decode()
+    assert html.count("data:image/png;base64,") == 5 and "src=\"http" not in html
+    assert "PROMOTED to production" in html and f"{metrics['test_accuracy']:.4f}" in html
+
+
+def test_unreachable_threshold_exits_3_keeps_production_and_stores_the_report(default_run, flow_env):
+    _, store = default_run
+    before = store.get(registry.PRODUCTION_KEY)
+    proc = run_flow(flow_env, "--epochs", "1", "--min-accuracy", "0.999")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "promotion blocked: " in proc.stdout and "< 0.999" in proc.stdout
+    assert store.get(registry.PRODUCTION_KEY) == before
+    blocked = registry.read_history(store)[-1]
+    assert blocked["decision"] == "blocked" and "< 0.999" in blocked["reason"]
+    html = store.get(f"runs/{blocked['run_id']}/report.html").decode()
+    assert "NOT PROMOTED" in html and "0.999" in html
+    assert json.loads(store.get(f"runs/{blocked['run_id']}/manifest.json"))["gate"]["promoted"] is False
+
+
+def test_bad_parameter_is_refused_before_any_work(flow_env):
+    proc = run_flow(flow_env, "--epochs", "0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: parameter epochs=0 is invalid: "
+                                   "Input should be greater than or equal to 1")
+
+
+def test_bad_data_fails_once_with_one_line_and_is_not_retried(flow_env, mnist_mirror, tmp_path):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(mnist_mirror, mirror)
+    target = mirror / "t10k-labels-idx1-ubyte.gz"
+    target.chmod(0o644)
+    target.write_bytes(target.read_bytes()[:-50])
+    env = dict(flow_env, MNIST_MIRRORS=str(mirror), MNIST_STORE_URL=f"s3://bad-{uuid.uuid4().hex[:10]}")
+    proc = run_flow(env)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    last = errors[0]
+    assert last.startswith("error: run failed: t10k-labels-idx1-ubyte.gz from") and "truncated" in last
+    assert "AwaitingRetry" not in proc.stdout + proc.stderr
+    assert proc.stdout.count("Beginning flow run") + proc.stderr.count("Beginning flow run") == 1
+    store = store_for(env)
+    assert store.list("datasets/") == [] and store.list("registry/") == []
