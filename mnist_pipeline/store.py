@@ -179,6 +179,7 @@ class S3Store(ArtifactStore):
                 connect_timeout=5,
                 read_timeout=60,
                 s3={"addressing_style": "path"},
+                signature_version="s3v4",  # presigned URLs too (MinIO and new AWS regions need v4)
             ),
         )
         self._region = settings.aws_default_region or "us-east-1"
