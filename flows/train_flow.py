@@ -5,8 +5,8 @@ fetch -> validate -> normalize -> train -> evaluate -> plots -> gate -> report -
 and promoted; 3 = stored, promotion blocked by the gate, production unchanged; other = failed.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect builds the parameter model from these
+# annotations when a deployment loads the flow from its entrypoint; strings would not resolve.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ chatter is not our log
@@ -24,7 +24,7 @@ from prefect.states import Completed
 from mnist_pipeline.errors import ConfigError, PermanentError, PipelineError
 from mnist_pipeline.params import (AllowRegression, BatchSize, Epochs, LearningRate, MaxRegression,
                                    MinAccuracy, ModelKind, Seed, TrainParams, ValidationSize,
-                                   parse_params)
+                                   documented_params, parse_params)
 from mnist_pipeline.provenance import git_commit, package_versions
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
@@ -65,6 +65,7 @@ def _stop_flow_retries() -> None:
 @flow(name="mnist-training", retries=2, retry_delay_seconds=15, validate_parameters=True,
       description="Fetch, validate and normalize MNIST, train, evaluate, report, and promote the "
                   "model to production only if it passes the gate.")
+@documented_params("Train, evaluate and, if it earns it, promote an MNIST model.")
 def train_flow(
     epochs: Epochs = 10,
     batch_size: BatchSize = 32,

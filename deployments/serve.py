@@ -1,0 +1,71 @@
+"""Register the training flow as a deployment with a cron schedule and serve it.
+
+    PREFECT_API_URL=http://localhost:4200/api python deployments/serve.py [--cron "0 2 * * *"]
+
+Why `flow.serve` and not a work pool: one long-lived process both registers the deployment and
+executes its runs (scheduled or started from the UI's Run button), with the code and dependencies
+already in its image; a work pool and worker would add a second moving part and a pull step for
+the same result on a single machine. Runs execute in this process, so it needs the same
+environment as the flow (MNIST_STORE_URL, AWS_*, MNIST_MIRRORS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+from flows.train_flow import train_flow
+from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.settings import load_settings
+
+DEPLOYMENT_NAME = "scheduled"
+DEFAULT_CRON = "0 2 * * *"  # nightly, 02:00 in --timezone
+TAGS = ["mnist", "training"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cron", default=os.environ.get("MNIST_CRON", DEFAULT_CRON),
+                   help=f"cron schedule (default: $MNIST_CRON, else '{DEFAULT_CRON}')")
+    p.add_argument("--timezone", default=os.environ.get("MNIST_TIMEZONE", "UTC"))
+    p.add_argument("--name", default=DEPLOYMENT_NAME)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        load_settings()  # a bad environment is refused now, not at 02:00
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from prefect.schedules import Cron
+
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(args.timezone)
+        schedule = Cron(args.cron, timezone=args.timezone)
+    except (ValueError, TypeError, ZoneInfoNotFoundError) as exc:
+        print(f"error: cron {args.cron!r} / timezone {args.timezone!r} is invalid: {exc}", file=sys.stderr)
+        return 2
+    train_flow.serve(
+        name=args.name,
+        schedule=schedule,
+        tags=TAGS,
+        description="Nightly MNIST training; promotes only a model that passes the gate.",
+        version=os.environ.get("MNIST_PIPELINE_VERSION"),
+        # One run at a time, server-enforced: two runs never race a promotion; extra runs queue.
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        limit=1,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
