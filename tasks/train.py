@@ -29,27 +29,29 @@ class TrainResult:
     reused: bool = False
 
 
-def build_model(kind: str, learning_rate: float):
+def build_model(kind: str, learning_rate: float, total_steps: int = 1):
     import keras
     from keras import layers
 
-    if kind == "mlp":  # the README model, unchanged
+    if kind == "mlp":  # the README model, unchanged: plain Adam at a fixed learning rate
         body = [layers.Flatten(), layers.Dense(128, activation="relu"),
                 layers.Dense(64, activation="relu")]
-    else:  # conv blocks with batch norm and dropout, for > 99%
-        body = [layers.Reshape((28, 28, 1))]
-        for filters in (32, 64):
-            body += [layers.Conv2D(filters, 3, padding="same", use_bias=False),
-                     layers.BatchNormalization(), layers.Activation("relu"),
-                     layers.Conv2D(filters, 3, use_bias=False),
-                     layers.BatchNormalization(), layers.Activation("relu"),
-                     layers.MaxPooling2D(), layers.Dropout(0.25)]
-        body += [layers.Flatten(), layers.Dense(128, use_bias=False),
+        optimizer = keras.optimizers.Adam(learning_rate)
+    else:
+        # Small enough for 2 CPU cores (~10 s/epoch at batch 128): two 5x5 conv blocks with batch
+        # norm, dropout, +-2 px shifts while training, and a cosine-decayed learning rate.
+        body = [layers.Reshape((28, 28, 1)),
+                layers.RandomTranslation(0.08, 0.08, fill_mode="constant")]
+        for filters in (16, 32):
+            body += [layers.Conv2D(filters, 5, use_bias=False), layers.BatchNormalization(),
+                     layers.Activation("relu"), layers.MaxPooling2D()]
+        body += [layers.Dropout(0.25), layers.Flatten(), layers.Dense(128, use_bias=False),
                  layers.BatchNormalization(), layers.Activation("relu"), layers.Dropout(0.4)]
+        optimizer = keras.optimizers.Adam(
+            keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps), alpha=0.02))
     model = keras.Sequential([keras.Input((28, 28)), *body,
                               layers.Dense(10, activation="softmax")], name=f"mnist_{kind}")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   # Many steps per call into the graph: per-batch Python overhead dominates an MLP
                   # this small on CPU; the maths (and so what is learned) is unchanged. XLA helps
                   # the MLP (~3x) but is 2-4x slower than oneDNN for convolutions on CPU (measured).
@@ -84,7 +86,8 @@ def train_model(data: Splits, params: TrainParams, store: ArtifactStore, run_id:
     import keras
 
     keras.utils.set_random_seed(params.seed)
-    model = build_model(params.model, params.learning_rate)
+    steps = params.epochs * math.ceil(len(data.x_train) / params.batch_size)
+    model = build_model(params.model, params.learning_rate, steps)
     t0 = time.perf_counter()
     fit = model.fit(data.x_train, data.y_train, epochs=params.epochs, batch_size=params.batch_size,
                     validation_data=(data.x_val, data.y_val), verbose=0, shuffle=True,
