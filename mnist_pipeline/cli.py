@@ -246,8 +246,10 @@ def history(as_json: bool = typer.Option(False, "--json")) -> None:
         table.add_column(column)
     for r in records:
         why = r.get("reason", "") + (f" — {r['note']}" if r.get("note") else "")
-        table.add_row(r.get("recorded_at", "")[:15], r["decision"], r["run_id"],
-                      f"{r.get('test_accuracy', 0):.4f}", r.get("actor", ""), why)
+        actor = r.get("actor", "")
+        actor = actor[:17] if actor.startswith("flow-run:") else actor  # flow-run:<short id>
+        table.add_row(r.get("recorded_at", "")[:15], r["decision"], r["run_id"][:8],
+                      f"{r.get('test_accuracy', 0):.4f}", actor, why)
     out.print(table)
 
 

@@ -51,9 +51,13 @@ def gate(accuracy: float, min_accuracy: float, production: dict | None,
                 f"({prod_acc:.4f}) by more than {max_regression:g}"), **common)
         return GateDecision(True, (f"{accuracy:.4f} >= {min_accuracy:.3f}; regression from "
                                    f"{prod_acc:.4f} allowed on purpose"), **common)
-    return GateDecision(True, f"{accuracy:.4f} >= {min_accuracy:.3f}" + (
-        f" and within {max_regression:g} of production ({prod_acc:.4f})" if prod_acc is not None else ""),
-        **common)
+    if prod_acc is None:
+        versus = ""
+    elif accuracy >= prod_acc:
+        versus = f" and >= production {prod_acc:.4f}"
+    else:
+        versus = f" and within {max_regression:g} of production {prod_acc:.4f}"
+    return GateDecision(True, f"{accuracy:.4f} >= {min_accuracy:.3f}{versus}", **common)
 
 
 def read_production(store: ArtifactStore) -> tuple[dict | None, str | None]:

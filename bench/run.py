@@ -1,0 +1,130 @@
+"""Benchmark: the plain Keras script vs `python flows/train_flow.py` (same model and epochs, both
+from a local MNIST mirror), run alternately; the data stages alone; the cnn option.
+
+    python bench/run.py --mirror ../shared/data/mnist [--pairs 3] [--seeds 3] [--skip-cnn]
+
+Prints a table and writes bench/results/<date>.json. Wall time and peak RSS come from
+/usr/bin/time -v around each process (the flow's ephemeral Prefect server runs in a child
+process: its start is in the wall time, its memory is not in the flow's RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, stdout) of one process."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    return wall, rss_kb / 1024, proc.stdout
+
+
+def run_plain(mirror: str, epochs: int, seed: int, env: dict) -> dict:
+    wall, rss, out = timed([sys.executable, "bench/plain_script.py", mirror, str(epochs), str(seed)], env)
+    result = json.loads(out.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss), "train_s": result["train_seconds"],
+            "test_accuracy": result["test_accuracy"]}
+
+
+def run_flow(mirror: str, epochs: int, seed: int, env: dict, model: str = "mlp") -> dict:
+    store = tempfile.mkdtemp(prefix="bench-store-")
+    env = dict(env, MNIST_MIRRORS=mirror, MNIST_STORE_URL=store, PREFECT_HOME=tempfile.mkdtemp())
+    wall, rss, out = timed([sys.executable, "flows/train_flow.py", "--model", model, "--epochs",
+                            str(epochs), "--seed", str(seed)], env)
+    run_id = re.search(r"run ([0-9a-f-]{36}):", out).group(1)
+    manifest = json.loads(Path(store, "runs", run_id, "manifest.json").read_text())
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss), "train_s": manifest["train_seconds"],
+            "test_accuracy": manifest["test_accuracy"], "timings_s": manifest["timings_s"]}
+
+
+def data_stages(mirror: str, repeats: int = 5) -> dict:
+    """fetch from the verified store cache + validate + normalize, 70,000 images, in-process."""
+    sys.path.insert(0, str(REPO))
+    from mnist_pipeline.store import LocalStore
+    from tasks.fetch import fetch_mnist
+    from tasks.normalize import normalize_and_split
+    from tasks.validate import validate_mnist
+
+    store = LocalStore(Path(tempfile.mkdtemp()))
+    fetch_mnist(store, (mirror,))  # fill the cache
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        arrays, _ = validate_mnist(fetch_mnist(store, ("/nonexistent",)))
+        normalize_and_split(arrays)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": round(statistics.median(times), 3), "runs_s": [round(t, 3) for t in times]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--mirror", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--skip-cnn", action="store_true")
+    args = p.parse_args()
+    mirror = str(Path(args.mirror).resolve())
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", TF_CPP_MIN_LOG_LEVEL="2")
+
+    pairs = []
+    for i in range(args.pairs):  # alternate, so drift in machine load hits both alike
+        seed = 42 + i
+        plain = run_plain(mirror, args.epochs, seed, env)
+        flow = run_flow(mirror, args.epochs, seed, env)
+        pairs.append({"seed": seed, "plain": plain, "flow": flow})
+        print(f"pair {i + 1}: plain {plain}  flow {flow}", flush=True)
+    med = {side: {k: statistics.median(pr[side][k] for pr in pairs)
+                  for k in ("wall_s", "peak_rss_mb", "train_s", "test_accuracy")}
+           for side in ("plain", "flow")}
+    data = data_stages(mirror)
+    cnn = None if args.skip_cnn else run_flow(mirror, 10, 42, env, model="cnn")
+
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "epochs": args.epochs, "pairs": pairs, "median": med,
+        "ratios_flow_over_plain": {k: round(med["flow"][k] / med["plain"][k], 3)
+                                   for k in ("wall_s", "peak_rss_mb", "train_s")},
+        "data_stages_70k": data, "cnn": cnn,
+    }
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{result['date'][:10]}.json"
+    out.write_text(json.dumps(result, indent=2))
+
+    r = result["ratios_flow_over_plain"]
+    print(f"\n| measure (median of {args.pairs}) | plain script | flow | flow/plain | target |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    print(f"| wall time, s | {med['plain']['wall_s']:.1f} | {med['flow']['wall_s']:.1f} | {r['wall_s']:.2f} | <= 0.60 |")
+    print(f"| training time, s | {med['plain']['train_s']:.1f} | {med['flow']['train_s']:.1f} | {r['train_s']:.2f} | |")
+    print(f"| peak RSS, MB | {med['plain']['peak_rss_mb']:.0f} | {med['flow']['peak_rss_mb']:.0f} | {r['peak_rss_mb']:.2f} | flow <= 1000 |")
+    accs = lambda side: " / ".join(f"{pr[side]['test_accuracy']:.4f}" for pr in pairs)
+    print(f"| test accuracy per seed | {accs('plain')} | {accs('flow')} | | flow >= plain |")
+    print(f"| data stages, 70,000 images (cached) | | {data['median_s']:.3f} s | | <= 1.0 s |")
+    if cnn:
+        print(f"| cnn: test accuracy, training time | | {cnn['test_accuracy']:.4f}, {cnn['train_s']:.1f} s | | >= 0.994, <= 180 s |")
+    print(f"\nwritten: {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
