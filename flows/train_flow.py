@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ chatter is not our log
 
 import argparse
+import resource
 import sys
 import time
 from contextlib import contextmanager
@@ -46,6 +47,9 @@ def _timed(timings: dict, stage: str):
     t0 = time.perf_counter()
     yield
     timings[stage] = round(time.perf_counter() - t0, 3)
+    # peak RSS of this process so far, in MB: shows which stage raises the high-water mark
+    timings.setdefault("peak_rss_mb_after", {})[stage] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _stop_flow_retries() -> None:
@@ -162,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _import_tensorflow_in_background() -> None:
+    """TensorFlow takes seconds to import; do it while Prefect's ephemeral server starts (a
+    separate process), instead of after. The train task's own import then finds it loaded."""
+    import threading
+
+    def load():
+        try:
+            import keras  # noqa: F401
+        except Exception:  # the train task's own import will report it
+            pass
+    threading.Thread(target=load, name="import-tensorflow", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     try:
@@ -170,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    _import_tensorflow_in_background()
     state = train_flow(**params.model_dump(), return_state=True)
     if state.is_completed():
         summary = state.result()

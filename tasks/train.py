@@ -55,7 +55,7 @@ def build_model(kind: str, learning_rate: float, total_steps: int = 1):
                   # Many steps per call into the graph: per-batch Python overhead dominates an MLP
                   # this small on CPU; the maths (and so what is learned) is unchanged. XLA helps
                   # the MLP (~3x) but is 2-4x slower than oneDNN for convolutions on CPU (measured).
-                  steps_per_execution=64, jit_compile=(kind == "mlp"))
+                  steps_per_execution=1024, jit_compile=(kind == "mlp"))
     return model
 
 
