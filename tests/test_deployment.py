@@ -129,5 +129,9 @@ def test_a_run_started_like_the_ui_run_button_completes_and_stores_its_report(de
     run_id = str(run.id)
     assert store.exists(f"runs/{run_id}/report.html") and store.exists(f"runs/{run_id}/model.keras")
     assert registry.read_production(store)[0]["run_id"] == run_id
-    keys = {a.key for a in client.read_artifacts() if a.flow_run_id == run.id}
-    assert {"mnist-run-summary", "mnist-per-class-metrics", "mnist-report"} <= keys
+    artifacts = [a for a in client.read_artifacts() if a.flow_run_id == run.id]
+    assert {"mnist-run-summary", "mnist-per-class-metrics", "mnist-report"} <= {a.key for a in artifacts}
+    # no secret in any artifact the UI shows, nor in the serving process's log
+    secret = env["AWS_SECRET_ACCESS_KEY"]
+    assert all(secret not in str(a.data) + str(a.description) for a in artifacts)
+    assert secret not in log_path.read_text()

@@ -143,3 +143,14 @@ def test_bad_data_fails_once_with_one_line_and_is_not_retried(flow_env, mnist_mi
     assert proc.stdout.count("Beginning flow run") + proc.stderr.count("Beginning flow run") == 1
     store = store_for(env)
     assert store.list("datasets/") == [] and store.list("registry/") == []
+
+
+def test_no_secret_in_logs_stored_objects_or_errors(default_run, flow_env):
+    """The secret key the run used appears in no log line, report, manifest or other object."""
+    proc, store = default_run
+    secret = flow_env["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in proc.stdout and secret not in proc.stderr
+    keys = store.list("")
+    assert len(keys) > 10
+    for key in keys:
+        assert secret.encode() not in store.get(key), key
