@@ -1,0 +1,126 @@
+"""Fault injection on loopback: a TCP proxy in front of the S3 endpoint that can be cut and
+restored (the endpoint goes away, the data behind it stays, as when MinIO restarts), and a
+reader that follows a running flow's output so a test can strike at a given stage."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+
+
+class CuttableProxy:
+    """127.0.0.1:port -> target. While cut, new connections are refused and open ones dropped."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.cuts = 0
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        self.cuts += 1
+        listener, self._listener = self._listener, None
+        if listener:
+            # shutdown wakes the thread blocked in accept(); close alone would leave the socket
+            # listening until that accept returns, letting one more connection through.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            for conn in self._conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class FlowProcess:
+    """`python flows/train_flow.py` in its own process group, its output followed line by line."""
+
+    def __init__(self, cmd: list[str], cwd, env: dict):
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, needle: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.output:
+                return
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                raise AssertionError(f"flow exited before {needle!r}:\n{self.output[-4000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{needle!r} not seen in {timeout} s:\n{self.output[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the flow and everything it started (its ephemeral Prefect server too)."""
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def wait(self, timeout: float = 600) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
