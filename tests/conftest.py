@@ -38,7 +38,8 @@ def free_port() -> int:
 class MotoServer:
     """A moto S3 server in its own process, so tests can stop and restart it like a real outage."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, env: dict | None = None):
+        self.env = env
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -46,7 +47,8 @@ class MotoServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, **(self.env or {})))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -106,3 +108,17 @@ def local_store(tmp_path):
 def store(request):
     """Each store test runs against both backends."""
     return request.getfixturevalue(f"{request.param}_store")
+
+
+def assert_promotions_chain(promoted: list[dict], production_run_id: str) -> None:
+    """The promoted history records form one unbroken chain ending at production: each names as
+    `production_before` the one it replaced (no lost update). Order-independent, since two
+    promoters may write their history records in either order after their conditional writes."""
+    by_before = {}
+    for record in promoted:
+        assert record["production_before"] not in by_before, f"two promotions replaced {record['production_before']}"
+        by_before[record["production_before"]] = record["run_id"]
+    current, seen = None, 0
+    while current in by_before:
+        current, seen = by_before[current], seen + 1
+    assert seen == len(promoted) and current == production_run_id

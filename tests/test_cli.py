@@ -24,6 +24,7 @@ from mnist_pipeline.stats import mcnemar_exact
 from tasks.evaluate import Evaluation
 from tasks.fetch import CACHE_PREFIX
 from tasks.store_artifacts import store_manifest, store_run_files
+from tests.conftest import assert_promotions_chain
 
 CLI = str(Path(sys.executable).parent / "mnist-pipeline")
 
@@ -194,10 +195,7 @@ def test_two_promotes_racing_leave_one_winner_and_a_truthful_history(store, make
     history = registry.read_history(store)
     assert sorted(r["run_id"] for r in history) == ["racer-a", "racer-b"]
     promoted = [r for r in history if r["decision"] == "promoted"]
-    assert promoted and promoted[-1]["run_id"] == prod["run_id"]
-    # each promotion names, as what it replaced, the production of the one before it
-    chain = [None] + [r["run_id"] for r in promoted]
-    assert [r["production_before"] for r in promoted] == chain[:-1]
+    assert_promotions_chain(promoted, prod["run_id"])
     assert {r["run_id"] for r in promoted} == {("racer-a", "racer-b")[i] for i, c in enumerate(codes) if c == 0}
 
 

@@ -8,6 +8,7 @@ import pytest
 from mnist_pipeline import registry
 from mnist_pipeline.errors import UnsafeModel
 from mnist_pipeline.models import model_to_bytes
+from tests.conftest import assert_promotions_chain
 
 
 # -- gate rules (pure) ----------------------------------------------------------------------------
@@ -128,6 +129,7 @@ def test_concurrent_promotions_leave_one_winner_and_a_truthful_history(store, ti
     history = registry.read_history(store)
     assert sorted(r["run_id"] for r in history) == [f"c{i}" for i in range(4)]
     assert {r["run_id"] for r in history if r["decision"] == "promoted"} == promoted
+    assert_promotions_chain([r for r in history if r["decision"] == "promoted"], prod["run_id"])
 
 
 def test_a_model_that_does_not_load_is_never_promoted(store):

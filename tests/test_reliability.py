@@ -8,9 +8,11 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +20,7 @@ from mnist_pipeline import registry
 from mnist_pipeline.models import model_from_bytes
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_promotions_chain
 from tests.faults import CuttableProxy, FlowProcess
 
 pytestmark = pytest.mark.slow
@@ -53,7 +55,9 @@ def assert_production_is_whole(store) -> dict | None:
 
 
 def assert_run_is_whole(store, run_id: str) -> dict:
+    """Every file the manifest lists is present and parses as what it is."""
     manifest = json.loads(store.get(f"runs/{run_id}/manifest.json"))
+    print(f"FAULTS verified {len(manifest['files']) + 1} objects of run {run_id[:8]}")
     for key in manifest["files"]:
         data = store.get(key)
         if key.endswith(".png"):
@@ -89,6 +93,9 @@ def test_storage_outage_at_start_and_during_upload_is_survived(faulty):
                      r"Task run failed with exception: StoreUnavailable", out), out[-4000:]
     prod = assert_production_is_whole(store)
     assert_run_is_whole(store, prod["run_id"])
+    print(f"FAULTS outage: endpoint cut {proxy.cuts} times; flow retries "
+          f"{out.count('AwaitingRetry')}; task attempts failed "
+          f"{len(re.findall(r'Task run failed with exception: StoreUnavailable', out))}; run recovered")
     promoted = [r for r in registry.read_history(store) if r["decision"] == "promoted"]
     assert [r["run_id"] for r in promoted] == [prod["run_id"]]  # promoted exactly once
     assert env["AWS_SECRET_ACCESS_KEY"] not in out
@@ -104,6 +111,7 @@ def test_sigkill_during_training_leaves_production_alone_and_a_rerun_succeeds(fa
     victim = FlowProcess(FLOW + ["--epochs", "6", "--min-accuracy", "0.9"], REPO, env)
     victim.wait_for("epoch 2/6")
     victim.kill()
+    print("FAULTS SIGKILL during training")
     assert store.get(registry.PRODUCTION_KEY) == before
     assert_production_is_whole(store)
     assert registry.read_history(store) == history_before
@@ -123,9 +131,40 @@ def test_sigkill_around_the_upload_never_leaves_production_half_written(faulty):
     victim = FlowProcess(FLOW + ["--epochs", "1", "--min-accuracy", "0.9"], REPO, env)
     victim.wait_for("Task run 'plots")
     victim.kill()
+    print("FAULTS SIGKILL around the upload")
     # Whatever the kill interrupted, production is either absent or a complete, loadable model.
     assert_production_is_whole(store)
     rerun = FlowProcess(FLOW + ["--epochs", "1", "--min-accuracy", "0.9"], REPO, env)
     assert rerun.wait() == 0, rerun.output[-3000:]
     prod = assert_production_is_whole(store)
     assert_run_is_whole(store, prod["run_id"])
+
+
+def test_two_flow_runs_and_a_manual_promote_racing(faulty):
+    """Production always names one complete model, every decision is in the history, and every
+    run's files are whole."""
+    env, _, store = faulty
+    stored = FlowProcess(FLOW + ["--epochs", "1", "--min-accuracy", "0.999"], REPO, env)
+    assert stored.wait() == 3, stored.output[-3000:]  # a stored, blocked run to promote by hand
+    candidate = registry.read_history(store)[-1]["run_id"]
+
+    runs = [FlowProcess(FLOW + ["--epochs", "1", "--min-accuracy", "0.9", "--seed", str(seed)], REPO, env)
+            for seed in (1, 2)]
+    for run in runs:
+        run.wait_for("Task run 'plots")
+    cli_env = dict(env, MNIST_MIN_ACCURACY="0.9")
+    manual = subprocess.Popen([str(Path(sys.executable).parent / "mnist-pipeline"), "promote", candidate,
+                               "--allow-regression", "--reason", "race test"], env=cli_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    codes = [run.wait() for run in runs] + [manual.wait(120)]
+    assert all(code in (0, 3) for code in codes), [r.output[-2000:] for r in runs] + [manual.stderr.read()]
+
+    prod = assert_production_is_whole(store)
+    history = registry.read_history(store)
+    flow_ids = [json.loads(store.get(k))["run_id"] for k in store.list("runs/") if k.endswith("manifest.json")]
+    assert len(flow_ids) == 3
+    for run_id in flow_ids:
+        assert_run_is_whole(store, run_id)
+    decided = [r["run_id"] for r in history]
+    assert sorted(decided) == sorted([candidate] * 2 + [i for i in flow_ids if i != candidate])
+    assert_promotions_chain([r for r in history if r["decision"] == "promoted"], prod["run_id"])

@@ -126,31 +126,30 @@ def test_bad_parameter_is_refused_before_any_work(flow_env):
                                    "Input should be greater than or equal to 1")
 
 
-def test_bad_data_fails_once_with_one_line_and_is_not_retried(flow_env, mnist_mirror, tmp_path):
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-50])
+
+
+def _other_dataset(path):
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[8] = (raw[8] + 1) % 10  # same format, one label different: not the official files
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+@pytest.mark.parametrize("damage,needle", [(_truncate, "truncated"), (_other_dataset, "expected ff7bcfd4")])
+def test_bad_data_fails_once_with_one_line_and_is_not_retried(flow_env, mnist_mirror, tmp_path, damage, needle):
     mirror = tmp_path / "mirror"
     shutil.copytree(mnist_mirror, mirror)
     target = mirror / "t10k-labels-idx1-ubyte.gz"
     target.chmod(0o644)
-    target.write_bytes(target.read_bytes()[:-50])
+    damage(target)
     env = dict(flow_env, MNIST_MIRRORS=str(mirror), MNIST_STORE_URL=f"s3://bad-{uuid.uuid4().hex[:10]}")
     proc = run_flow(env)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
-    last = errors[0]
-    assert last.startswith("error: run failed: t10k-labels-idx1-ubyte.gz from") and "truncated" in last
+    assert errors[0].startswith("error: run failed: t10k-labels-idx1-ubyte") and needle in errors[0]
     assert "AwaitingRetry" not in proc.stdout + proc.stderr
     assert proc.stdout.count("Beginning flow run") + proc.stderr.count("Beginning flow run") == 1
     store = store_for(env)
     assert store.list("datasets/") == [] and store.list("registry/") == []
-
-
-def test_no_secret_in_logs_stored_objects_or_errors(default_run, flow_env):
-    """The secret key the run used appears in no log line, report, manifest or other object."""
-    proc, store = default_run
-    secret = flow_env["AWS_SECRET_ACCESS_KEY"]
-    assert secret not in proc.stdout and secret not in proc.stderr
-    keys = store.list("")
-    assert len(keys) > 10
-    for key in keys:
-        assert secret.encode() not in store.get(key), key
