@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Exit status: 0 promoted, 3 blocked by the gate, other: failed.")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--model", choices=["mlp", "cnn"], default=defaults.model)
+    # No argparse `choices`: the one parameter model validates it, with the same one-line error
+    # as the UI and the deployment.
+    p.add_argument("--model", default=defaults.model, help="mlp (the README model) or cnn")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="gate threshold (default: MNIST_MIN_ACCURACY, else 0.97)")
     p.add_argument("--max-regression", type=float, default=defaults.max_regression)

@@ -119,11 +119,17 @@ def test_unreachable_threshold_exits_3_keeps_production_and_stores_the_report(de
     assert json.loads(store.get(f"runs/{blocked['run_id']}/manifest.json"))["gate"]["promoted"] is False
 
 
-def test_bad_parameter_is_refused_before_any_work(flow_env):
-    proc = run_flow(flow_env, "--epochs", "0")
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "parameter epochs=0 is invalid: Input should be greater than or equal to 1"),
+    (["--min-accuracy", "1.5"], "parameter min_accuracy=1.5 is invalid: Input should be less than or equal to 1"),
+    (["--model", "resnet"], "parameter model='resnet' is invalid: Input should be 'mlp' or 'cnn'"),
+    (["--batch-size", "0"], "parameter batch_size=0 is invalid: Input should be greater than or equal to 1"),
+])
+def test_bad_parameter_is_refused_before_any_work(flow_env, args, message):
+    proc = run_flow(flow_env, *args)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: parameter epochs=0 is invalid: "
-                                   "Input should be greater than or equal to 1")
+    assert proc.stderr.strip() == f"error: {message}"
+    assert "Beginning flow run" not in proc.stdout + proc.stderr
 
 
 def _truncate(path):
