@@ -124,11 +124,11 @@ def run_pipeline(params: TrainParams):
     with _timed(timings, "promote"):
         # Decided again under the conditional write: production may have changed since the gate.
         promotion = promote_task(store, run_id, accuracy, trained.model_key, params, min_accuracy)
+    report_key = f"runs/{run_id}/report.html"
     if promotion.decision and promotion.decision != decision:
         decision = promotion.decision  # the stored report must tell what really happened
-        store.put(f"runs/{run_id}/report.html", render_report(*report_args, decision, plots))
+        store.put(report_key, render_report(*report_args, decision, plots))
     promoted, reason = promotion.promoted, promotion.reason
-    report_key = f"runs/{run_id}/report.html"
     report_url = store.link(report_key)
     publish_task(run_id, params.model_dump(), evaluation.metrics, decision, report_url)
     manifest = {

@@ -42,11 +42,15 @@ def run_ids(store: ArtifactStore) -> list[str]:
     return sorted({key.split("/")[1] for key in store.list("runs/") if key.count("/") >= 2})
 
 
+def _no_runs(store: ArtifactStore) -> PipelineError:
+    return PipelineError(f"no runs in {store.url} yet; run `python flows/train_flow.py` first")
+
+
 def resolve_run(store: ArtifactStore, prefix: str) -> str:
     """A run id, or a unique prefix of one (like git)."""
     ids = run_ids(store)
     if not ids:
-        raise PipelineError(f"no runs in {store.url} yet; run `python flows/train_flow.py` first")
+        raise _no_runs(store)
     matches = [r for r in ids if r.startswith(prefix)]
     if len(matches) == 1:
         return matches[0]
@@ -64,14 +68,16 @@ def _json(store: ArtifactStore, key: str) -> dict | None:
 
 def run_summary(store: ArtifactStore, run_id: str) -> dict:
     manifest = _json(store, f"runs/{run_id}/manifest.json") or {}
-    metrics = _json(store, f"runs/{run_id}/metrics.json") or {}
+    accuracy = manifest.get("test_accuracy")
+    if accuracy is None:  # a run that stopped before its manifest may still have its metrics
+        accuracy = (_json(store, f"runs/{run_id}/metrics.json") or {}).get("test_accuracy")
     gate = manifest.get("gate", {})
     return {
         "run_id": run_id,
         "started_at": manifest.get("started_at", ""),
         "model": manifest.get("parameters", {}).get("model", "?"),
         "epochs": manifest.get("parameters", {}).get("epochs"),
-        "test_accuracy": metrics.get("test_accuracy"),
+        "test_accuracy": accuracy,
         "decision": ("promoted" if gate.get("promoted") else "blocked") if gate else "incomplete",
         "reason": gate.get("reason", "no manifest: the run did not finish"),
     }
@@ -103,7 +109,7 @@ def runs(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
     summaries = sorted((run_summary(store, r) for r in run_ids(store)),
                        key=lambda s: s["started_at"], reverse=True)
     if not summaries:
-        _fail(f"no runs in {store.url} yet; run `python flows/train_flow.py` first")
+        raise _no_runs(store)
     production = (registry.read_production(store)[0] or {}).get("run_id")
     if as_json:
         out.print_json(json.dumps([dict(s, production=s["run_id"] == production) for s in summaries]))
@@ -169,17 +175,15 @@ def compare(run_a: str = typer.Argument(...), run_b: str = typer.Argument(...)) 
         table.add_row(m, str(xa.get(m)), str(xb.get(m)))
     out.print(table)
     ya, yb = (np.load(io.BytesIO(store.get(f"runs/{r}/predictions.npy")), allow_pickle=False) for r in (a, b))
-    y_true = _test_labels(store, xa)
+    y_true = _test_labels(store)
     only_a, only_b, p = mcnemar_exact(ya == y_true, yb == y_true)
     out.print(f"right only by {a[:8]}: {only_a}; right only by {b[:8]}: {only_b}; "
               f"McNemar exact p = {p:.4g} ({'significant' if p < 0.05 else 'not significant'} at 0.05)",
               highlight=False)
 
 
-def _test_labels(store: ArtifactStore, metrics: dict) -> np.ndarray:
+def _test_labels(store: ArtifactStore) -> np.ndarray:
     """The test labels, from the verified dataset cache in the store."""
-    import gzip
-
     from tasks.fetch import CACHE_PREFIX, decompress_and_verify
 
     name = "t10k-labels-idx1-ubyte"

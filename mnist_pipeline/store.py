@@ -168,10 +168,11 @@ class S3Store(ArtifactStore):
         self.url = settings.store_url
         secret = settings.aws_secret_access_key
         key_id = settings.aws_access_key_id
+        self._region = settings.aws_default_region or "us-east-1"
         self._client = boto3.client(
             "s3",
             endpoint_url=settings.aws_endpoint_url_s3,
-            region_name=settings.aws_default_region or "us-east-1",
+            region_name=self._region,
             aws_access_key_id=key_id.get_secret_value() if key_id else None,
             aws_secret_access_key=secret.get_secret_value() if secret else None,
             config=Config(
@@ -182,7 +183,6 @@ class S3Store(ArtifactStore):
                 signature_version="s3v4",  # presigned URLs too (MinIO and new AWS regions need v4)
             ),
         )
-        self._region = settings.aws_default_region or "us-east-1"
         self._ensure_bucket()
 
     # -- errors ---------------------------------------------------------------------------------
