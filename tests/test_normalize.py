@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.tensors import is_shareable
 from tasks.fetch import MNIST_SHA256
 from tasks.normalize import normalize_and_split, to_unit_float32
 from tasks.validate import validate_mnist
@@ -15,11 +16,13 @@ def arrays(mnist_mirror):
     return validate_mnist(raw)[0]
 
 
-def test_unit_float32_matches_division_without_float64():
+def test_unit_float32_is_exactly_what_keras_makes_of_x_over_255():
     x = np.arange(256, dtype=np.uint8).reshape(16, 16)
     out = to_unit_float32(x)
     assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
-    np.testing.assert_allclose(out, x / 255.0, rtol=1e-6)
+    # bit for bit: the README script's float64 `x / 255.0`, cast to float32 as Keras does
+    np.testing.assert_array_equal(out, (x / 255.0).astype(np.float32))
+    assert is_shareable(out)  # TensorFlow can use it in place
 
 
 def test_split_is_seeded_disjoint_and_keeps_the_test_set_apart(arrays):
