@@ -109,14 +109,17 @@ def run_pipeline(params: TrainParams):
     del raw, arrays
     with _timed(timings, "train"):
         trained = train_task(splits, params, store, run_id)
+    x_test, y_test = splits.x_test, splits.y_test
+    del splits  # the training and validation images (190 MB) are done with: free them
     with _timed(timings, "evaluate"):
-        evaluation = evaluate_task(trained.model, splits)
+        evaluation = evaluate_task(trained.model, x_test, y_test)
     accuracy = evaluation.metrics["test_accuracy"]
     with _timed(timings, "plots"):
-        plots = plots_task(trained.history, evaluation, splits.x_test, splits.y_test)
+        plots = plots_task(trained.history, evaluation, x_test, y_test, trained.kept_epoch)
     with _timed(timings, "gate"):
         decision = gate_task(store, accuracy, params, min_accuracy)
-    report_args = (run_id, params.model_dump(), profile, evaluation.metrics, trained.train_seconds)
+    training = {"seconds": round(trained.train_seconds, 3), "kept_epoch": trained.kept_epoch}
+    report_args = (run_id, params.model_dump(), profile, evaluation.metrics, training)
     with _timed(timings, "report"):
         report_html = report_task(*report_args, decision, plots)
     with _timed(timings, "store"):
@@ -136,7 +139,8 @@ def run_pipeline(params: TrainParams):
         "dataset_sha256": MNIST_SHA256, "data_profile": profile, "versions": package_versions(),
         "git_commit": git_commit(), "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(), "timings_s": timings,
-        "train_seconds": round(trained.train_seconds, 3), "model_reused_from_earlier_attempt": trained.reused,
+        "train_seconds": training["seconds"], "kept_epoch": trained.kept_epoch,
+        "model_reused_from_earlier_attempt": trained.reused,
         "test_accuracy": accuracy, "files": stored + [trained.model_key],
         "gate": {"promoted": promoted, "reason": reason, "decision": decision.__dict__,
                  "history_key": promotion.history_key},

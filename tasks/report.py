@@ -18,13 +18,14 @@ _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent /
                           autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-def render_report(run_id: str, params: dict, profile: dict, metrics: dict, train_seconds: float,
+def render_report(run_id: str, params: dict, profile: dict, metrics: dict, training: dict,
                   decision: GateDecision, plots: dict[str, bytes]) -> bytes:
+    """`training`: {"seconds": .., "kept_epoch": ..}."""
     images = [(name, "data:image/png;base64," + base64.b64encode(png).decode())
               for name, png in plots.items()]
     html = _ENV.get_template("report.html.j2").render(
         run_id=run_id, params=params, profile=profile, metrics=metrics, decision=decision,
-        train_seconds=train_seconds, images=images,
+        training=training, images=images,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     return html.encode()
 
@@ -60,9 +61,9 @@ def publish_artifacts(run_id: str, params: dict, metrics: dict, decision: GateDe
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(run_id: str, params: dict, profile: dict, metrics: dict, train_seconds: float,
+def report_task(run_id: str, params: dict, profile: dict, metrics: dict, training: dict,
                 decision: GateDecision, plots: dict[str, bytes]) -> bytes:
-    return render_report(run_id, params, profile, metrics, train_seconds, decision, plots)
+    return render_report(run_id, params, profile, metrics, training, decision, plots)
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)

@@ -17,6 +17,7 @@ from mnist_pipeline.errors import TrainingDiverged
 from mnist_pipeline.models import model_from_bytes, model_to_bytes
 from mnist_pipeline.params import TrainParams
 from mnist_pipeline.store import ArtifactStore
+from mnist_pipeline.tensors import as_tensor
 from tasks.normalize import Splits
 
 
@@ -26,6 +27,7 @@ class TrainResult:
     history: dict[str, list[float]]
     train_seconds: float
     model_key: str
+    kept_epoch: int  # 1-based: the epoch whose weights the model holds
     reused: bool = False
 
 
@@ -53,10 +55,25 @@ def build_model(kind: str, learning_rate: float, total_steps: int = 1):
                               layers.Dense(10, activation="softmax")], name=f"mnist_{kind}")
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   # Many steps per call into the graph: per-batch Python overhead dominates an MLP
-                  # this small on CPU; the maths (and so what is learned) is unchanged. XLA helps
-                  # the MLP (~3x) but is 2-4x slower than oneDNN for convolutions on CPU (measured).
-                  steps_per_execution=1024, jit_compile=(kind == "mlp"))
+                  # this small on CPU; the maths (and so what is learned) is unchanged. No XLA:
+                  # with one thread (below) the MLP runs as fast without it, and its compiler
+                  # costs ~130 MB; for convolutions it is 2-4x slower than oneDNN here (measured).
+                  steps_per_execution=1024, jit_compile=False)
     return model
+
+
+def use_threads_for(kind: str) -> None:
+    """The MLP's matrices (32x784 by 784x128) are too small to split across cores: with one
+    intra-op thread its 10 epochs take 11.8 s here instead of 15.2 s. Convolutions gain from
+    every core (TensorFlow's default, 0)."""
+    import tensorflow as tf
+
+    threads = 1 if kind == "mlp" else 0
+    if tf.config.threading.get_intra_op_parallelism_threads() != threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # TensorFlow already ran in this process (tests): a speed setting, not the maths
 
 
 def _epoch_callback(on_epoch: Callable[[int, dict], None] | None):
@@ -81,28 +98,37 @@ def train_model(data: Splits, params: TrainParams, store: ArtifactStore, run_id:
         # A retried flow run: the model of an earlier attempt is whole (writes are atomic); reuse it.
         saved = json.loads(store.get(history_key))
         model = model_from_bytes(store.get(model_key), model_key)
-        return TrainResult(model, saved["history"], saved["train_seconds"], model_key, reused=True)
+        return TrainResult(model, saved["history"], saved["train_seconds"], model_key,
+                           saved["kept_epoch"], reused=True)
 
     import keras
 
+    use_threads_for(params.model)
     keras.utils.set_random_seed(params.seed)
     steps = params.epochs * math.ceil(len(data.x_train) / params.batch_size)
     model = build_model(params.model, params.learning_rate, steps)
+    # Keep the epoch that did best on the validation images (Keras restores its weights at the
+    # end; a patience of all epochs never stops training early). The README model overfits
+    # after 4-5 epochs and its last epoch is a noisy draw: +0.14 points on average (5 seeds).
+    keep_best = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                              patience=params.epochs, restore_best_weights=True)
     t0 = time.perf_counter()
-    fit = model.fit(data.x_train, data.y_train, epochs=params.epochs, batch_size=params.batch_size,
-                    validation_data=(data.x_val, data.y_val), verbose=0, shuffle=True,
-                    callbacks=[keras.callbacks.TerminateOnNaN(), _epoch_callback(on_epoch)])
+    fit = model.fit(as_tensor(data.x_train), data.y_train, epochs=params.epochs,
+                    batch_size=params.batch_size, shuffle=True, verbose=0,
+                    validation_data=(as_tensor(data.x_val), data.y_val),
+                    callbacks=[keras.callbacks.TerminateOnNaN(), keep_best, _epoch_callback(on_epoch)])
     seconds = time.perf_counter() - t0
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     losses = history.get("loss", [])
     if len(losses) < params.epochs or not all(math.isfinite(v) for v in losses):
         raise TrainingDiverged(f"training diverged: loss became NaN/inf at epoch {len(losses)}; "
                                "nothing was stored; lower learning_rate and rerun")
+    kept_epoch = keep_best.best_epoch + 1
     # Stored now, once: a retried run reuses it instead of training again.
     store.put(model_key, model_to_bytes(model), "application/zip")
-    store.put(history_key, json.dumps({"history": history, "train_seconds": seconds}).encode(),
-              "application/json")
-    return TrainResult(model, history, seconds, model_key)
+    store.put(history_key, json.dumps({"history": history, "train_seconds": seconds,
+                                       "kept_epoch": kept_epoch}).encode(), "application/json")
+    return TrainResult(model, history, seconds, model_key, kept_epoch)
 
 
 @task(name="train", cache_policy=NO_CACHE)
