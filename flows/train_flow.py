@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.states import Completed
 
+from mnist_pipeline.ephemeral_server import ephemeral_server
 from mnist_pipeline.errors import ConfigError, PermanentError, PipelineError
 from mnist_pipeline.params import (AllowRegression, BatchSize, Epochs, LearningRate, MaxRegression,
                                    MinAccuracy, ModelKind, Seed, TrainParams, ValidationSize,
@@ -173,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _import_tensorflow_in_background() -> None:
-    """TensorFlow takes seconds to import; do it while Prefect's ephemeral server starts (a
-    separate process), instead of after. The train task's own import then finds it loaded."""
+    """TensorFlow takes seconds to import; do it while Prefect's server starts (a separate
+    process), instead of after. The train task's own import then finds it loaded."""
     import threading
 
     def load():
@@ -193,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _import_tensorflow_in_background()
-    state = train_flow(**params.model_dump(), return_state=True)
+    with ephemeral_server() as server:
+        _import_tensorflow_in_background()  # while the server starts
+        if server:
+            server.wait_ready()
+        state = train_flow(**params.model_dump(), return_state=True)
     if state.is_completed():
         summary = state.result()
         print(f"run {summary['run_id']}: test accuracy {summary['test_accuracy']:.4f}; "

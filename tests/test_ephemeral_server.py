@@ -1,0 +1,35 @@
+"""The temporary Prefect API a local run starts first: it answers, the client uses it, it stops
+with the run; a configured API URL is left alone."""
+
+import socket
+
+import httpx
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+from mnist_pipeline.ephemeral_server import ephemeral_server
+
+
+def _port_open(url: str) -> bool:
+    host_port = url.split("//")[1].split("/")[0]
+    host, port = host_port.split(":")
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def test_starts_a_server_the_client_uses_and_stops_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with ephemeral_server() as server:
+            assert server is not None and PREFECT_API_URL.value() == server.api_url
+            assert not PREFECT_UI_URL.value()  # no UI is served: no "View at" link to a dead page
+            server.wait_ready()
+            assert httpx.get(f"{server.api_url}/health").json() is True
+        assert server.process.poll() is not None and not _port_open(server.api_url)
+        assert PREFECT_API_URL.value() is None
+
+
+def test_a_configured_api_url_is_left_alone():
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
+        with ephemeral_server() as server:
+            assert server is None and PREFECT_API_URL.value() == "http://127.0.0.1:1/api"
