@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: setup run test bench
+.PHONY: setup run test
 setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
