@@ -196,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     with ephemeral_server() as server:
         _import_tensorflow_in_background()  # while the server starts
-        if server:
-            server.wait_ready()
+        try:
+            if server:
+                server.wait_ready()
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         state = train_flow(**params.model_dump(), return_state=True)
     if state.is_completed():
         summary = state.result()

@@ -4,7 +4,9 @@ with the run; a configured API URL is left alone."""
 import socket
 
 import httpx
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+import pytest
+from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+                              PREFECT_UI_URL, temporary_settings)
 
 from mnist_pipeline.ephemeral_server import ephemeral_server
 
@@ -33,3 +35,13 @@ def test_a_configured_api_url_is_left_alone():
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
         with ephemeral_server() as server:
             assert server is None and PREFECT_API_URL.value() == "http://127.0.0.1:1/api"
+
+
+def test_a_server_that_does_not_answer_in_time_is_a_one_line_error_and_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 0},
+                            restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(RuntimeError, match=r"did not answer within 0 s; raise PREFECT_SERVER_EPHEMERAL"):
+            with ephemeral_server() as server:
+                server.wait_ready()
+    assert server.process.poll() is not None

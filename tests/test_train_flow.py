@@ -132,6 +132,18 @@ def test_bad_parameter_is_refused_before_any_work(flow_env, args, message):
     assert "Beginning flow run" not in proc.stdout + proc.stderr
 
 
+def test_a_prefect_server_that_does_not_start_is_one_line_and_exit_1(flow_env, tmp_path):
+    env = dict(flow_env, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0",
+               PREFECT_HOME=str(tmp_path))
+    env.pop("PREFECT_API_URL", None)
+    proc = run_flow(env)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: Prefect's temporary server did not answer within 0 s; raise "
+                      "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL"]
+    assert "Traceback" not in proc.stderr and "Beginning flow run" not in proc.stdout + proc.stderr
+
+
 def _truncate(path):
     path.write_bytes(path.read_bytes()[:-50])
 
