@@ -52,7 +52,7 @@ def run_flow(mirror: str, epochs: int, seed: int, env: dict, model: str = "mlp")
     run_id = re.search(r"run ([0-9a-f-]{36}):", out).group(1)
     manifest = json.loads(Path(store, "runs", run_id, "manifest.json").read_text())
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss), "train_s": manifest["train_seconds"],
-            "test_accuracy": manifest["test_accuracy"], "kept_epoch": manifest["kept_epoch"],
+            "test_accuracy": manifest["test_accuracy"],
             "timings_s": manifest["timings_s"]}
 
 

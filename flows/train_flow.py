@@ -116,10 +116,10 @@ def run_pipeline(params: TrainParams):
         evaluation = evaluate_task(trained.model, x_test, y_test)
     accuracy = evaluation.metrics["test_accuracy"]
     with _timed(timings, "plots"):
-        plots = plots_task(trained.history, evaluation, x_test, y_test, trained.kept_epoch)
+        plots = plots_task(trained.history, evaluation, x_test, y_test)
     with _timed(timings, "gate"):
         decision = gate_task(store, accuracy, params, min_accuracy)
-    training = {"seconds": round(trained.train_seconds, 3), "kept_epoch": trained.kept_epoch}
+    training = {"seconds": round(trained.train_seconds, 3), "weights": trained.weights}
     report_args = (run_id, params.model_dump(), profile, evaluation.metrics, training)
     with _timed(timings, "report"):
         report_html = report_task(*report_args, decision, plots)
@@ -140,7 +140,7 @@ def run_pipeline(params: TrainParams):
         "dataset_sha256": MNIST_SHA256, "data_profile": profile, "versions": package_versions(),
         "git_commit": git_commit(), "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(), "timings_s": timings,
-        "train_seconds": training["seconds"], "kept_epoch": trained.kept_epoch,
+        "train_seconds": training["seconds"], "weights": trained.weights,
         "model_reused_from_earlier_attempt": trained.reused,
         "test_accuracy": accuracy, "files": stored + [trained.model_key],
         "gate": {"promoted": promoted, "reason": reason, "decision": decision.__dict__,

@@ -21,7 +21,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def learning_curves(history: dict[str, list[float]], kept_epoch: int | None = None) -> bytes:
+def learning_curves(history: dict[str, list[float]]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -30,8 +30,6 @@ def learning_curves(history: dict[str, list[float]], kept_epoch: int | None = No
         ax.plot(epochs, history[metric], "o-", label="training")
         if f"val_{metric}" in history:
             ax.plot(epochs, history[f"val_{metric}"], "s-", label="validation")
-        if kept_epoch:
-            ax.axvline(kept_epoch, color="grey", linestyle="--", label=f"kept (epoch {kept_epoch})")
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -78,7 +76,7 @@ def per_class_bars(per_class: dict[str, dict[str, float]]) -> bytes:
 
 
 def render_plots(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray,
-                 kept_epoch: int | None = None, seed: int = 0) -> dict[str, bytes]:
+                 seed: int = 0) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -87,7 +85,7 @@ def render_plots(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_te
     wrong = np.flatnonzero(y_pred != y_test)
     worst = wrong[np.argsort(-conf[wrong])][:24]
     return {
-        "learning_curves.png": learning_curves(history, kept_epoch),
+        "learning_curves.png": learning_curves(history),
         "confusion_matrix.png": confusion_heatmap(evaluation.metrics["confusion_matrix"]),
         "sample_predictions.png": digit_grid(
             x_test[sample], [f"true {y_test[i]} / pred {y_pred[i]}" for i in sample],
@@ -101,6 +99,5 @@ def render_plots(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_te
 
 
 @task(name="plots", cache_policy=NO_CACHE)
-def plots_task(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray,
-               kept_epoch: int) -> dict[str, bytes]:
-    return render_plots(history, evaluation, x_test, y_test, kept_epoch)
+def plots_task(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, bytes]:
+    return render_plots(history, evaluation, x_test, y_test)

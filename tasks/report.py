@@ -20,7 +20,7 @@ _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent /
 
 def render_report(run_id: str, params: dict, profile: dict, metrics: dict, training: dict,
                   decision: GateDecision, plots: dict[str, bytes]) -> bytes:
-    """`training`: {"seconds": .., "kept_epoch": ..}."""
+    """`training`: {"seconds": .., "weights": "which weights the model holds"}."""
     images = [(name, "data:image/png;base64," + base64.b64encode(png).decode())
               for name, png in plots.items()]
     html = _ENV.get_template("report.html.j2").render(

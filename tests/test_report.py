@@ -23,8 +23,7 @@ def test_plots_are_pngs_and_the_report_embeds_them_and_escapes_input():
     rng = np.random.default_rng(0)
     evaluation, y_true = fake_evaluation(rng)
     history = {"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "val_loss": [0.4, 0.35], "val_accuracy": [0.85, 0.88]}
-    plots = render_plots(history, evaluation, rng.random((500, 28, 28), dtype=np.float32), y_true,
-                         kept_epoch=2)
+    plots = render_plots(history, evaluation, rng.random((500, 28, 28), dtype=np.float32), y_true)
     assert set(plots) == {"learning_curves.png", "confusion_matrix.png", "sample_predictions.png",
                           "confident_mistakes.png", "per_class_accuracy.png"}
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000 for png in plots.values())
@@ -32,10 +31,10 @@ def test_plots_are_pngs_and_the_report_embeds_them_and_escapes_input():
     params = {"model": "<script>x</script>", "epochs": 2, "batch_size": 32, "validation_size": 5000}
     profile = {"train_samples": 60000, "test_samples": 10000, "train_pixel_mean": 0.13,
                "test_pixel_mean": 0.13, "train_class_counts": [1] * 10, "test_class_counts": [1] * 10}
-    training = {"seconds": 12.3, "kept_epoch": 2}
+    training = {"seconds": 12.3, "weights": "moving average <of> steps"}
     html = render_report("run-1", params, profile, evaluation.metrics, training, decision, plots).decode()
     assert html.count("data:image/png;base64,") == 5
-    assert "epoch 2 of 2" in html and "NOT PROMOTED" in html and "promotion blocked: 0.920 &lt; 0.970" in html
+    assert "moving average &lt;of&gt; steps" in html and "NOT PROMOTED" in html and "promotion blocked: 0.920 &lt; 0.970" in html
     assert "<script>x</script>" not in html  # parameters are escaped
     md = summary_markdown("run-1", {"model": "mlp", "epochs": 2, "batch_size": 32}, evaluation.metrics,
                           decision, "file:///r.html")
