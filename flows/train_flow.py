@@ -173,17 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _import_tensorflow_in_background() -> None:
+def _load_tensorflow() -> None:
+    try:
+        import keras  # noqa: F401
+    except Exception:  # the train task's own import will report it
+        pass
+
+
+@contextmanager
+def _tensorflow_imported_in_background():
     """TensorFlow takes seconds to import; do it while Prefect's server starts (a separate
-    process), instead of after. The train task's own import then finds it loaded."""
+    process), instead of after. The train task's own import then finds it loaded.
+    The import is always waited for on the way out, even after an early error: Python shutting
+    down while a thread is inside TensorFlow's C++ start-up aborted the process (SIGABRT,
+    "terminate called without an active exception") instead of exiting with our status."""
     import threading
 
-    def load():
-        try:
-            import keras  # noqa: F401
-        except Exception:  # the train task's own import will report it
-            pass
-    threading.Thread(target=load, name="import-tensorflow", daemon=True).start()
+    loader = threading.Thread(target=_load_tensorflow, name="import-tensorflow", daemon=True)
+    loader.start()
+    try:
+        yield
+    finally:
+        loader.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    with ephemeral_server() as server:
-        _import_tensorflow_in_background()  # while the server starts
+    with ephemeral_server() as server, _tensorflow_imported_in_background():
         try:
             if server:
                 server.wait_ready()
