@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,25 +43,20 @@ def _tree_rss_mb(root: psutil.Process) -> float:
 
 def timed(cmd: list[str], env: dict) -> tuple[float, float, float, str]:
     """(wall seconds, peak RSS MB of the process, peak summed RSS MB of it and its children,
-    stdout). The first is /usr/bin/time's; the second is sampled every 0.1 s, so it can miss a
-    short spike, and counts pages shared between processes once per process."""
+    stdout). The process's own peak is /usr/bin/time's; the summed one is sampled every 0.1 s, so
+    it can miss a short spike, and counts pages shared between processes once per process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # Drained by threads: a full pipe would stall the process while we sample.
-    out, err = [], []
-    readers = [threading.Thread(target=lambda f, acc: acc.append(f.read()), args=(f, acc))
-               for f, acc in ((proc.stdout, out), (proc.stderr, err))]
-    for reader in readers:
-        reader.start()
     root, tree_peak = psutil.Process(proc.pid), 0.0
-    while proc.poll() is None:
+    while True:  # communicate keeps reading the pipes between its time-outs
         tree_peak = max(tree_peak, _tree_rss_mb(root))
-        time.sleep(0.1)
-    for reader in readers:
-        reader.join()
+        try:
+            stdout, stderr = proc.communicate(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            pass
     wall = time.perf_counter() - t0
-    stdout, stderr = "".join(out), "".join(err)
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"{cmd} failed ({proc.returncode}): {stderr[-2000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
