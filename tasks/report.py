@@ -79,9 +79,9 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _readable_time(iso: str | None) -> str:
+def _readable_time(iso: str | None) -> str | None:
     if not iso:
-        return "unknown"
+        return None
     try:
         moment = datetime.fromisoformat(iso)
     except ValueError:
