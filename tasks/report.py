@@ -4,6 +4,8 @@ artifacts (key numbers, per-class table, link to the report) under stable keys."
 from __future__ import annotations
 
 import base64
+import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,21 +15,192 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from mnist_pipeline.registry import GateDecision
+from tasks.plots import plot_captions
 
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                           autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-def render_report(run_id: str, params: dict, profile: dict, metrics: dict, training: dict,
-                  decision: GateDecision, plots: dict[str, bytes]) -> bytes:
-    """`training`: {"seconds": .., "weights": "which weights the model holds"}."""
-    images = [(name, "data:image/png;base64," + base64.b64encode(png).decode())
-              for name, png in plots.items()]
+def plural(count: int | float, noun: str, plural_form: str | None = None) -> str:
+    """"1 epoch", "12 epochs", "10,000 images"."""
+    shown = f"{count:,}" if isinstance(count, int) else f"{count:g}"
+    return f"{shown} {noun if count == 1 else (plural_form or noun + 's')}"
+
+
+_ENV.filters["plural"] = plural
+
+
+@dataclass
+class ReportInput:
+    """Everything report.html shows about one run (see render_report)."""
+
+    run_id: str
+    params: dict  # the run's parameters; params["min_accuracy"] may be None (then decision["min_accuracy"] is what applied)
+    profile: dict  # validate's data profile (tasks/validate.py)
+    metrics: dict  # metrics.json content (tasks/evaluate.py)
+    history: dict  # per-epoch lists: loss, accuracy, val_loss, val_accuracy
+    training: dict  # {"seconds": float, "weights": str, "model_summary": str (Keras model.summary text), "parameters": int}
+    decision: dict  # {"promoted": bool, "reason": str, "min_accuracy": float, "production_run_id": str|None, "production_accuracy": float|None}
+    provenance: dict  # {"git_commit": str|None, "versions": {name: version}, "dataset_sha256": {file: sha}, "timings_s": {stage: seconds}, "started_at": iso str}
+    plots: dict  # file name -> PNG bytes (from tasks.plots.render_plots)
+    # {"production_run_id", "production_accuracy", "candidate_accuracy", "only_candidate_right": int,
+    #  "only_production_right": int, "mcnemar_p": float, "per_class_recall": {"0": {"production": f, "candidate": f}, ...}}
+    comparison: dict | None = None
+
+
+def render_report(inp: ReportInput) -> bytes:
+    """report.html of one run, UTF-8: the gate's verdict and why, the comparison with the model it
+    would replace (when there was one), the plots with captions, per-class metrics, the data, and
+    what it takes to reproduce the run (commit, versions, dataset hashes, timings, model summary).
+
+    Self-contained: the PNGs are embedded as data: URIs, no script, no external URL, so it reads
+    the same offline, from a bucket or as a printout. Every threshold and comparison with it is
+    shown with 4 decimals, and the threshold is the one applied (decision["min_accuracy"]), not
+    the parameter (None when the default applied)."""
+    known = [name for name in plot_captions if name in inp.plots]
+    figures = {name: {"uri": _data_uri(inp.plots[name]), "caption": plot_captions[name]} for name in known}
+    extra = [{"name": name, "uri": _data_uri(png), "caption": name}
+             for name, png in inp.plots.items() if name not in plot_captions]
+    accuracy = inp.metrics["test_accuracy"]
     html = _ENV.get_template("report.html.j2").render(
-        run_id=run_id, params=params, profile=profile, metrics=metrics, decision=decision,
-        training=training, images=images,
+        inp=inp, m=inp.metrics, figures=figures, extra_figures=extra,
+        verdict=verdict(inp.decision, accuracy, inp.params),
+        checks=gate_checks(inp.decision, accuracy, inp.params),
+        comparison=comparison_view(inp.comparison, inp.metrics.get("per_class")) if inp.comparison else None,
+        parameters=parameter_rows(inp.params, inp.decision["min_accuracy"]),
+        timings=timing_rows(inp.provenance.get("timings_s") or {}),
+        epochs_run=len(inp.history.get("loss", [])),
+        started=_readable_time(inp.provenance.get("started_at")),
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     return html.encode()
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _readable_time(iso: str | None) -> str | None:
+    if not iso:
+        return None
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def verdict(decision: dict, accuracy: float, params: dict) -> dict:
+    """One headline and one reason, every comparison in it to 4 decimals.
+
+    The reason is said in the gate's own terms (threshold, then the champion rule) when the
+    numbers account for the decision; anything else (a race lost at the conditional write, a
+    rule this report does not know) shows the gate's reason as given, without the "promotion
+    blocked:" that the headline already says."""
+    promoted = bool(decision["promoted"])
+    threshold = decision["min_accuracy"]
+    production = decision.get("production_accuracy")
+    max_regression = params.get("max_regression")
+    shortfall = None if production is None else production - accuracy
+    within = None if shortfall is None or max_regression is None else shortfall <= max_regression + 1e-12
+    reason = None
+    if not promoted and accuracy < threshold:
+        reason = f"test accuracy {accuracy:.4f} < threshold {threshold:.4f}"
+    elif promoted and accuracy >= threshold:
+        reason = f"test accuracy {accuracy:.4f} ≥ threshold {threshold:.4f}"
+        if production is None:
+            pass
+        elif shortfall <= 0:
+            reason += f" and ≥ production {production:.4f}"
+        elif within:
+            reason += f" and within {max_regression:.4f} of production {production:.4f}"
+        elif within is False and params.get("allow_regression"):
+            reason += f"; {shortfall:.4f} below production {production:.4f}, allowed on purpose"
+        else:
+            reason = None
+    elif not promoted and within is False and not params.get("allow_regression"):
+        reason = (f"test accuracy {accuracy:.4f} is {shortfall:.4f} below production "
+                  f"{production:.4f}, more than the allowed {max_regression:.4f}")
+    if reason is None:
+        reason = re.sub(r"^\s*promotion blocked:\s*", "", decision.get("reason") or "", flags=re.I)
+    return {"promoted": promoted,
+            "headline": "Promoted to production" if promoted else "Not promoted: production unchanged",
+            "reason": reason}
+
+
+def gate_checks(decision: dict, accuracy: float, params: dict) -> list[dict]:
+    """The comparisons the gate makes, each with its numbers to 4 decimals; ok is None when
+    this report cannot tell (no max_regression among the parameters)."""
+    threshold = decision["min_accuracy"]
+    passed = accuracy >= threshold
+    checks = [{"rule": "threshold", "text": f"{accuracy:.4f} {'≥' if passed else '<'} {threshold:.4f}",
+               "ok": passed}]
+    production = decision.get("production_accuracy")
+    if production is not None:
+        delta = accuracy - production
+        max_regression = params.get("max_regression")
+        text = f"{accuracy:.4f} vs production {production:.4f} ({delta:+.4f}"
+        text += f"; allowed regression {max_regression:.4f})" if max_regression is not None else ")"
+        ok = None if max_regression is None else bool(delta >= -max_regression - 1e-12)
+        if ok is False and params.get("allow_regression"):
+            text += ", regression allowed on purpose"
+            ok = True
+        checks.append({"rule": "champion", "text": text, "ok": ok})
+    return checks
+
+
+def comparison_view(comparison: dict, per_class: dict | None = None) -> dict:
+    """The comparison with production, ready to show: per-class rows marked better/worse/same
+    (with the change in images when `per_class` gives each digit's test images), the digits that
+    got better or worse (largest change first), McNemar's verdict."""
+    rows = []
+    for digit, recall in sorted(comparison["per_class_recall"].items(), key=lambda kv: int(kv[0])):
+        delta = recall["candidate"] - recall["production"]
+        support = (per_class or {}).get(digit, {}).get("support")
+        images = round(delta * support) if support else None
+        same = abs(delta) < 1e-9 or images == 0
+        change = "same" if same else "better" if delta > 0 else "worse"
+        rows.append({"digit": digit, "production": recall["production"],
+                     "candidate": recall["candidate"], "delta": delta, "images": images,
+                     "change": change})
+    by_size = sorted(rows, key=lambda r: -abs(r["delta"]))
+    p = comparison["mcnemar_p"]
+    return {**comparison, "rows": rows,
+            "better": [r for r in by_size if r["change"] == "better"],
+            "worse": [r for r in by_size if r["change"] == "worse"],
+            "delta": comparison["candidate_accuracy"] - comparison["production_accuracy"],
+            "p_text": format_p(p), "significant": p < 0.05}
+
+
+def format_p(p: float) -> str:
+    return f"{p:.2e}" if p < 0.001 else f"{p:.3f}"
+
+
+def parameter_rows(params: dict, applied_min_accuracy: float) -> list[tuple[str, str]]:
+    """Parameters as set for the run; a threshold left unset shows the one that applied."""
+    rows = []
+    for name, value in params.items():
+        if name == "min_accuracy":
+            shown = (f"{applied_min_accuracy:.4f}" if value is None and applied_min_accuracy is not None
+                     else f"{value:.4f}" if isinstance(value, float) else str(value))
+            if value is None:
+                shown += " (not set for this run: MNIST_MIN_ACCURACY or the default applied)"
+        else:
+            shown = "not set" if value is None else str(value)
+        rows.append((name, shown))
+    return rows
+
+
+def timing_rows(timings: dict) -> list[dict]:
+    """Stage timings in run order, with the peak memory after each stage when recorded (the
+    flow's timings carry it under "peak_rss_mb_after"), and their total."""
+    peak = timings.get("peak_rss_mb_after") or {}
+    rows = [{"stage": stage, "seconds": float(seconds), "peak_mb": peak.get(stage)}
+            for stage, seconds in timings.items() if isinstance(seconds, (int, float))]
+    if rows:
+        rows.append({"stage": "total", "seconds": sum(r["seconds"] for r in rows), "peak_mb": None})
+    return rows
 
 
 def summary_markdown(run_id: str, params: dict, metrics: dict, decision: GateDecision,

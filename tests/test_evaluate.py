@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.evaluate import per_class_metrics, predict_probabilities, wilson_interval
+from tasks.evaluate import evaluate_model, per_class_metrics, predict_probabilities, top_two, wilson_interval
 from tasks.train import build_model
 
 
@@ -29,3 +29,38 @@ def test_batched_eager_prediction_matches_keras_predict():
     probs = predict_probabilities(model, x, batch_size=1000)
     assert probs.shape == (2500, 10)
     np.testing.assert_allclose(probs, model.predict(x, batch_size=256, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_top_two_classes_with_ties_resolved_like_argmax():
+    probs = np.array([[0.1, 0.7, 0.2, 0, 0, 0, 0, 0, 0, 0],
+                      [0.4, 0.0, 0.0, 0.4, 0.2, 0, 0, 0, 0, 0],  # tie: argmax says 0
+                      [0, 0, 0, 0, 0, 0, 0, 0, 0.001, 0.999]])
+    first, second = top_two(probs)
+    assert first.tolist() == probs.argmax(axis=1).tolist() == [1, 0, 9]
+    assert second.tolist() == [2, 3, 8]
+
+
+class FixedProbabilities:
+    """A stand-in model: image i (all pixels = i) gets row i of a fixed probability table."""
+
+    def __init__(self, probs):
+        self.probs = probs
+
+    def __call__(self, images, training=False):
+        return self.probs[np.asarray(images)[:, 0, 0].astype(int)]
+
+
+def test_evaluation_keeps_the_runner_up_class_and_its_probability():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(10, 0.3), 300).astype(np.float32)
+    images = np.repeat(np.arange(300, dtype=np.float32), 28 * 28).reshape(300, 28, 28)
+    labels = rng.integers(0, 10, 300).astype(np.uint8)
+    ev = evaluate_model(FixedProbabilities(probs), images, labels)
+    ranked = np.sort(probs, axis=1)
+    assert ev.runner_up.dtype == np.uint8 and ev.runner_up_confidence.dtype == np.float32
+    np.testing.assert_array_equal(ev.y_pred, probs.argmax(axis=1))
+    np.testing.assert_allclose(ev.confidence, ranked[:, -1])
+    np.testing.assert_allclose(ev.runner_up_confidence, ranked[:, -2])
+    assert (ev.runner_up != ev.y_pred).all()
+    np.testing.assert_allclose(probs[np.arange(300), ev.runner_up], ranked[:, -2])
+    assert ev.metrics["test_errors"] == int((ev.y_pred != labels).sum())
