@@ -1,4 +1,13 @@
-"""Error types. Transient ones are retried (task/flow retries); the rest fail the run at once."""
+"""Error types, and the one place that decides what is worth retrying.
+
+Transient errors (a connection refused, a timeout, a 5xx, throttling) are retried by tasks and by
+the flow; permanent ones (permission, a read-only or full file system, bad data, bad credentials,
+a damaged registry) fail the run at once: retrying would fail the same way, only later.
+"""
+
+from __future__ import annotations
+
+import errno
 
 
 class PipelineError(Exception):
@@ -26,15 +35,24 @@ class TrainingDiverged(PermanentError):
 
 
 class StoreError(PermanentError):
-    """The store refused for a reason retrying will not fix (credentials, missing bucket)."""
+    """The store refused for a reason retrying will not fix (credentials, permissions, no space)."""
 
 
 class StoreUnavailable(TransientError):
-    """The store endpoint did not answer."""
+    """The store endpoint did not answer in time."""
 
 
 class MirrorUnavailable(TransientError):
     """No mirror answered for a file (network errors only)."""
+
+
+class RegistryError(PermanentError):
+    """A registry operation that cannot proceed: nothing to roll back to, an incomplete run, ..."""
+
+
+class DamagedRegistry(RegistryError):
+    """A registry object (production.json, a history record, a model it names) is malformed,
+    missing or does not match its recorded hash. Reported, never silently overwritten."""
 
 
 class NotFoundInStore(PipelineError, KeyError):
@@ -48,3 +66,29 @@ class PreconditionFailed(PipelineError):
 
 class UnsafeModel(PermanentError):
     """A stored model that Keras safe mode refuses to load (e.g. a Lambda layer)."""
+
+
+# errno values that no retry can fix: the disk is full, read-only, or not ours to write.
+PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                    errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The one retry rule, for tasks and for the flow."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, PipelineError):
+        return False
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno not in PERMANENT_ERRNOS
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def is_expected(exc: BaseException) -> bool:
+    """A failure the pipeline foresaw and described in one line: no traceback needed."""
+    return isinstance(exc, PipelineError)
+
+
+def os_error_message(exc: OSError) -> str:
+    """`No space left on device` rather than `[Errno 28] No space left on device: '/x/.tmp-..'`."""
+    return exc.strerror or type(exc).__name__

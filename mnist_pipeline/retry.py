@@ -1,13 +1,11 @@
-"""Prefect retry condition: retry network/storage hiccups, never bad data or bad settings."""
+"""Prefect retry condition: retry what `errors.is_transient` calls transient, nothing else."""
 
-from mnist_pipeline.errors import TransientError
+from mnist_pipeline.errors import is_transient
 
 
 def retry_if_transient(task, task_run, state) -> bool:
     try:
         state.result()
-    except TransientError:
-        return True
-    except Exception:
-        return False
+    except Exception as exc:  # the task's own exception, re-raised by result()
+        return is_transient(exc)
     return False

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,6 +18,22 @@ PUBLIC_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
 )
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def bucket_name_problem(bucket: str) -> str | None:
+    """Why S3 would refuse this bucket name (AWS's naming rules, which MinIO follows), or None."""
+    if not _BUCKET.match(bucket):
+        return "must be 3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit"
+    if ".." in bucket or ".-" in bucket or "-." in bucket:
+        return "must not contain '..', '.-' or '-.'"
+    try:
+        ipaddress.IPv4Address(bucket)
+        return "must not look like an IP address"
+    except ValueError:
+        pass
+    if bucket.startswith(("xn--", "sthree-")) or bucket.endswith(("-s3alias", "--ol-s3")):
+        return "uses a prefix or suffix that S3 reserves"
+    return None
 
 
 class Settings(BaseSettings):
@@ -34,6 +51,18 @@ class Settings(BaseSettings):
     aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
     aws_default_region: str | None = Field(None, validation_alias="AWS_DEFAULT_REGION")
+    # boto3's own retry settings, read here only to give them our defaults when unset.
+    aws_max_attempts: int = Field(4, ge=1, le=20, validation_alias="AWS_MAX_ATTEMPTS")
+    aws_retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
+        "standard", validation_alias="AWS_RETRY_MODE")
+    # Ours: the longest one store operation may take, its retries included; a mirror download
+    # must show a minimum rate once this much time has passed (see tasks/fetch.py).
+    deadline_s: float = Field(20.0, gt=0, le=3600, validation_alias="MNIST_DEADLINE_S")
+    s3_public_url: str | None = Field(None, validation_alias="MNIST_S3_PUBLIC_URL")
+    notify_urls: Annotated[tuple[SecretStr, ...], NoDecode] = Field((), validation_alias="MNIST_NOTIFY_URL")
+    notify_on: Literal["problems", "all"] = Field("problems", validation_alias="MNIST_NOTIFY_ON")
+    dask_address: str | None = Field(None, validation_alias="MNIST_DASK_ADDRESS")
+    keep_last: int | None = Field(None, ge=1, validation_alias="MNIST_KEEP_LAST")
 
     @field_validator("mirrors", mode="before")
     @classmethod
@@ -44,6 +73,31 @@ class Settings(BaseSettings):
             raise ValueError("needs at least one mirror URL or folder")
         return value
 
+    @field_validator("notify_urls", mode="before")
+    @classmethod
+    def _split_notify(cls, value: object) -> object:
+        # Apprise URLs often carry a token or password: held as secrets, never echoed.
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("keep_last", "dask_address", "s3_public_url", "aws_default_region", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("notify_on", mode="before")
+    @classmethod
+    def _empty_is_problems(cls, value: object) -> object:
+        return "problems" if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("dask_address")
+    @classmethod
+    def _check_dask(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^(tcp|tls|inproc|ucx)://[^/]+$", value):
+            raise ValueError("must look like tcp://HOST:PORT")
+        return value
+
     @field_validator("store_url")
     @classmethod
     def _check_store_url(cls, value: str) -> str:
@@ -52,13 +106,14 @@ class Settings(BaseSettings):
             raise ValueError("is empty")
         if value.startswith("s3://"):
             bucket = value[5:].split("/", 1)[0]
-            if not _BUCKET.match(bucket):
-                raise ValueError(f"bucket name {bucket!r} is not a valid S3 bucket name")
+            problem = bucket_name_problem(bucket)
+            if problem:
+                raise ValueError(f"bucket name {bucket!r} is not a valid S3 bucket name: it {problem}")
         elif "://" in value:
             raise ValueError("must be s3://BUCKET[/PREFIX] or a local folder path")
         return value
 
-    @field_validator("aws_endpoint_url_s3")
+    @field_validator("aws_endpoint_url_s3", "s3_public_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
@@ -89,4 +144,5 @@ def load_settings(**overrides: object) -> Settings:
         loc = str(err["loc"][0]) if err["loc"] else "?"
         name = _ENV_NAMES.get(loc, loc)
         # Never echo the input: it may be a credential.
-        raise ConfigError(f"{name} is invalid: {err['msg']}; fix it in the environment or .env") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{name} is invalid: {msg}; fix it in the environment") from None

@@ -8,9 +8,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from mnist_pipeline.dataset import IMAGES_MAGIC, LABELS_MAGIC, parse_idx
 from mnist_pipeline.errors import DatasetError
 
-IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
+__all__ = ["IMAGES_MAGIC", "LABELS_MAGIC", "MnistArrays", "parse_idx", "validate_mnist", "validate_task"]
 EXPECTED_COUNTS = {"train": 60_000, "t10k": 10_000}
 
 
@@ -22,22 +23,6 @@ class MnistArrays:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-
-
-def parse_idx(name: str, raw: bytes, expected_magic: int) -> np.ndarray:
-    if len(raw) < 8:
-        raise DatasetError(f"{name}: {len(raw)} bytes is too short for an IDX header")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != expected_magic:
-        raise DatasetError(f"{name}: magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-                           "(not an IDX file of this kind)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected_len = header + int(np.prod(dims))
-    if len(raw) != expected_len:
-        raise DatasetError(f"{name}: {len(raw)} bytes but its header {dims} needs {expected_len}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def validate_mnist(raw: dict[str, bytes]) -> tuple[MnistArrays, dict]:

@@ -122,3 +122,44 @@ def assert_promotions_chain(promoted: list[dict], production_run_id: str) -> Non
     while current in by_before:
         current, seen = by_before[current], seen + 1
     assert seen == len(promoted) and current == production_run_id
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def make_readonly():
+    """freeze(folder): make a folder read-only for this process too (root here, so chmod would
+    not stop it): a read-only bind mount of the folder onto itself. Undone at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to bind-mount a read-only folder")
+    frozen = []
+
+    def freeze(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            _mount("--bind", str(folder), str(folder))
+            frozen.append(folder)
+            _mount("-o", "remount,bind,ro", str(folder))
+        except (OSError, subprocess.CalledProcessError) as exc:
+            pytest.skip(f"cannot bind-mount here: {exc}")
+        return folder
+    yield freeze
+    for folder in reversed(frozen):
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MB tmpfs: a disk that fills."""
+    folder = tmp_path / "tmpfs"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        _mount("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    yield folder
+    subprocess.run(["umount", str(folder)], capture_output=True)

@@ -124,3 +124,61 @@ class FlowProcess:
         code = self.proc.wait(timeout)
         self._reader.join(10)
         return code
+
+
+class SilentEndpoint:
+    """127.0.0.1:port accepts connections and never answers (a hung server, not a dead one)."""
+
+    def __init__(self):
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(conn)  # read nothing, say nothing
+
+    def close(self) -> None:
+        self._listener.close()
+        for conn in self._held:
+            conn.close()
+
+
+class DrippingMirror:
+    """An HTTP mirror that answers 200 and then sends one byte every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.5):
+        import http.server
+
+        class Drip(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(10_000_000))
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"\x1f")
+                        self.wfile.flush()
+                        time.sleep(interval)
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

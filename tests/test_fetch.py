@@ -5,12 +5,14 @@ import gzip
 import http.server
 import shutil
 import threading
+import time
 
 import pytest
 
 from mnist_pipeline.errors import DatasetError, MirrorUnavailable
 from tasks.fetch import CACHE_PREFIX, MNIST_SHA256, fetch_mnist
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
+from tests.faults import DrippingMirror
 
 FILES = [name + ".gz" for name in MNIST_SHA256]
 
@@ -48,7 +50,7 @@ def test_fetch_from_local_mirror_caches_to_s3_then_refetches_without_mirror(s3_s
 
 def test_fetch_over_http_and_fall_through_a_dead_mirror(local_store, http_mirror):
     dead = f"http://127.0.0.1:{free_port()}/mnist/"
-    raw = fetch_mnist(local_store, (dead, http_mirror), timeout_s=5)
+    raw = fetch_mnist(local_store, (dead, http_mirror), deadline_s=5)
     assert len(raw["t10k-labels-idx1-ubyte"]) == 8 + 10000
     assert len(local_store.list(CACHE_PREFIX)) == 4
 
@@ -105,6 +107,70 @@ def test_mirror_with_a_file_missing_is_a_clear_error(local_store, mirror_copy):
 def test_unreachable_mirrors_are_a_transient_error(local_store):
     dead = tuple(f"http://127.0.0.1:{free_port()}/" for _ in range(2))
     with pytest.raises(MirrorUnavailable) as err:
-        fetch_mnist(local_store, dead, timeout_s=2)
+        fetch_mnist(local_store, dead, deadline_s=2)
     assert "no mirror answered" in str(err.value) and dead[0] in str(err.value)
     _assert_nothing_cached(local_store)
+
+
+def _gzip_bomb(path, gigabytes: float) -> None:
+    """A small .gz that decompresses to `gigabytes` GB: the official images header, then zeros."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 24)
+    header = b"".join(n.to_bytes(4, "big") for n in (0x803, 60000, 28, 28))
+    with open(path, "wb") as fh:
+        fh.write(packer.compress(header))
+        for _ in range(int(gigabytes * 64)):
+            fh.write(packer.compress(zeros))
+        fh.write(packer.flush())
+
+
+def test_a_gzip_bomb_stops_at_the_official_size_with_flat_memory(mirror_copy, tmp_path):
+    """A 1 GB bomb named train-images: refused at 47 MB, the official file's size. Measured in a
+    fresh process: its peak memory, and the time to refuse."""
+    import json
+    import subprocess
+    import sys
+
+    _gzip_bomb(mirror_copy / "train-images-idx3-ubyte.gz", 1.0)
+    gz_mb = (mirror_copy / "train-images-idx3-ubyte.gz").stat().st_size / 2**20
+    probe = f"""
+import json, time, tracemalloc
+from mnist_pipeline.store import LocalStore
+from mnist_pipeline.errors import DatasetError
+from tasks.fetch import fetch_mnist
+tracemalloc.start()
+t0 = time.monotonic()
+try:
+    fetch_mnist(LocalStore({str(tmp_path / "store")!r}), ({str(mirror_copy)!r},))
+    error = None
+except DatasetError as exc:
+    error = str(exc)
+print(json.dumps({{"error": error, "seconds": time.monotonic() - t0,
+                  "peak_mb": tracemalloc.get_traced_memory()[1] / 2**20}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"FAIL-FAST gzip bomb ({gz_mb:.1f} MB .gz, 1 GB of zeros): refused in {result['seconds']:.2f} s, "
+          f"peak memory allocated while fetching {result['peak_mb']:.0f} MB")
+    assert result["error"].startswith("train-images-idx3-ubyte.gz from ")
+    assert "decompresses to more than the 47,040,016 bytes of the official file" in result["error"]
+    assert result["peak_mb"] < 100  # the 47 MB buffer and the .gz, not 1 GB
+    assert not (tmp_path / "store" / "datasets").exists()
+
+
+def test_a_dripping_mirror_is_given_up_on_at_the_deadline(local_store, mnist_mirror):
+    drip = DrippingMirror(interval=0.2)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(MirrorUnavailable) as err:
+            fetch_mnist(local_store, (drip.url,), deadline_s=2)
+    finally:
+        drip.close()
+    elapsed = time.monotonic() - t0
+    print(f"FAIL-FAST dripping mirror (1 byte / 0.2 s), deadline 2 s: gave up after {elapsed:.1f} s")
+    assert 2 <= elapsed < 4 and "too slow" in str(err.value)
+    # the next mirror in the list is still tried
+    raw = fetch_mnist(local_store, (DrippingMirror(0.2).url, str(mnist_mirror)), deadline_s=1)
+    assert len(raw) == 4

@@ -1,20 +1,44 @@
+"""The store on both backends (a folder, and moto S3 over HTTP), and its failures for real: a
+dead and a hung endpoint on 127.0.0.1, a read-only bind mount, a 2 MB tmpfs that fills."""
+
+import logging
+import os
+import stat
+import time
+
 import boto3
 import pytest
 
-from mnist_pipeline.errors import NotFoundInStore, PreconditionFailed, StoreUnavailable
+from mnist_pipeline.errors import (NotFoundInStore, PreconditionFailed, StoreError, StoreUnavailable,
+                                   is_transient)
 from mnist_pipeline.settings import load_settings
-from mnist_pipeline.store import S3Store, open_store
+from mnist_pipeline.store import STALE_TEMP_S, LocalStore, open_store
+from tests.conftest import free_port
+from tests.faults import SilentEndpoint
 
 
-def test_put_get_list_exists(store):
+def test_put_get_list_exists_delete(store):
     etag = store.put("runs/a/metrics.json", b'{"x": 1}')
     store.put("runs/a/plots/p.png", b"png")
     store.put("runs/b/metrics.json", b"{}")
     assert store.get_with_etag("runs/a/metrics.json") == (b'{"x": 1}', etag)
     assert store.list("runs/a/") == ["runs/a/metrics.json", "runs/a/plots/p.png"]
+    assert [(o.key, o.size) for o in store.list_objects("runs/a/m")] == [("runs/a/metrics.json", 8)]
     assert store.exists("runs/b/metrics.json") and not store.exists("runs/c/metrics.json")
     with pytest.raises(NotFoundInStore):
         store.get("runs/c/metrics.json")
+    store.delete("runs/b/metrics.json")
+    store.delete("runs/b/metrics.json")  # absent is fine
+    assert not store.exists("runs/b/metrics.json")
+
+
+def test_children_are_one_listing_of_folders(store):
+    for run in ("run-1", "run-2", "other"):
+        store.put(f"runs/{run}/manifest.json", b"{}")
+        store.put(f"runs/{run}/plots/a.png", b"png")
+    assert store.list_children("runs/") == ["other", "run-1", "run-2"]
+    assert store.list_children("runs/run-") == ["run-1", "run-2"]
+    assert store.list_children("nothing/") == []
 
 
 def test_put_replaces_whole_object(store):
@@ -49,6 +73,11 @@ def test_invalid_keys_are_refused(store):
             store.put(key, b"x")
 
 
+def test_the_write_probe_leaves_nothing(store):
+    store.probe_writable()
+    assert store.list("") == []
+
+
 def test_s3_bucket_is_created_and_prefix_respected(s3_env, moto_server, monkeypatch):
     monkeypatch.setenv("MNIST_STORE_URL", s3_env["MNIST_STORE_URL"] + "/team/a")
     st = open_store(load_settings())
@@ -57,21 +86,113 @@ def test_s3_bucket_is_created_and_prefix_respected(s3_env, moto_server, monkeypa
     bucket = s3_env["MNIST_STORE_URL"][5:]
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == ["team/a/runs/r/metrics.json"]
-    assert st.list("runs/") == ["runs/r/metrics.json"]
+    assert st.list("runs/") == ["runs/r/metrics.json"] and st.list_children("runs/") == ["r"]
     assert st.link("runs/r/metrics.json", 60).startswith(moto_server.endpoint)
 
 
-def test_s3_unreachable_endpoint_is_a_clear_transient_error(s3_env, monkeypatch):
-    from tests.conftest import free_port
+def test_s3_console_folder_markers_are_not_objects(s3_store, moto_server, s3_env):
+    client = boto3.client("s3", endpoint_url=moto_server.endpoint, region_name="us-east-1")
+    client.put_object(Bucket=s3_env["MNIST_STORE_URL"][5:], Key="runs/zzz/", Body=b"")
+    assert s3_store.list("runs/") == [] and s3_store.list_children("runs/") == ["zzz"]
 
+
+def test_links_are_signed_for_the_public_endpoint(s3_store, s3_env, monkeypatch):
+    """MNIST_S3_PUBLIC_URL: the endpoint as a browser reaches it (compose: http://localhost:9000)."""
+    import urllib.request
+
+    s3_store.put("runs/r/report.html", b"<html>hi</html>")
+    public = s3_env["AWS_ENDPOINT_URL_S3"].replace("127.0.0.1", "localhost")
+    monkeypatch.setenv("MNIST_S3_PUBLIC_URL", public)
+    url = open_store(load_settings()).link("runs/r/report.html", 600)
+    assert url.startswith(public + "/") and "X-Amz-Signature=" in url
+    assert urllib.request.urlopen(url, timeout=5).read() == b"<html>hi</html>"
+
+
+def test_a_folder_store_has_no_web_link_but_a_location(local_store):
+    local_store.put("runs/r/report.html", b"x")
+    assert local_store.link("runs/r/report.html") is None
+    assert local_store.location("runs/r/report.html") == str(local_store.root / "runs/r/report.html")
+
+
+# -- failures ---------------------------------------------------------------------------------------
+def test_a_dead_endpoint_is_a_transient_error_within_the_deadline(s3_env, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MNIST_DEADLINE_S", "4")
+    t0 = time.monotonic()
     with pytest.raises(StoreUnavailable) as err:
-        S3Store(load_settings(), max_attempts=1)
-    assert "unreachable" in str(err.value) and "AWS_ENDPOINT_URL_S3" in str(err.value)
-    assert "testing-secret" not in str(err.value)
+        open_store(load_settings())
+    assert time.monotonic() - t0 < 4 + 2
+    assert "AWS_ENDPOINT_URL_S3" in str(err.value) and "testing-secret" not in str(err.value)
+    assert is_transient(err.value)
 
 
-def test_local_store_files_are_never_partial(local_store):
-    local_store.put("runs/a/model.keras", b"x" * 100_000)
-    leftovers = [p for p in local_store.root.rglob("*") if p.name.startswith(".tmp-")]
-    assert leftovers == []
+def test_a_hung_endpoint_warns_on_each_retry_and_gives_up_at_the_deadline(s3_env, monkeypatch, caplog):
+    silent = SilentEndpoint()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", silent.endpoint)
+    monkeypatch.setenv("MNIST_DEADLINE_S", "4")  # 1 s per attempt, 4 attempts
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="mnist_pipeline.store"), pytest.raises(StoreUnavailable) as err:
+        open_store(load_settings())
+    elapsed = time.monotonic() - t0
+    silent.close()
+    print(f"FAIL-FAST hung S3 endpoint, deadline 4 s: gave up after {elapsed:.1f} s")
+    assert 3 < elapsed < 4 + 1 + 1, elapsed  # the deadline, plus at most one attempt's timeout
+    assert "did not answer within 4 s" in str(err.value)
+    retries = [r.getMessage() for r in caplog.records]
+    assert retries and retries[0].startswith("S3 endpoint not answering (ReadTimeoutError), attempt 2/4")
+
+
+def test_a_read_only_folder_is_found_by_the_probe_in_one_line(tmp_path, make_readonly):
+    folder = make_readonly(tmp_path / "store")
+    with pytest.raises(StoreError) as err:
+        LocalStore(folder).probe_writable()
+    assert str(err.value) == (f"cannot write a test file in the store {folder}: Read-only file system; "
+                              "set MNIST_STORE_URL to a writable folder")
+    assert not is_transient(err.value)
+
+
+def test_read_only_folder_store_can_still_be_read(tmp_path, make_readonly):
+    LocalStore(tmp_path / "store").put("runs/r/metrics.json", b"{}")
+    store = LocalStore(make_readonly(tmp_path / "store"))
+    assert store.get("runs/r/metrics.json") == b"{}"
+    with pytest.raises(StoreError, match="Read-only file system"):
+        store.put("runs/r/other.json", b"{}")
+
+
+def test_a_full_disk_is_permanent_and_leaves_no_temporary_file(small_tmpfs):
+    store = LocalStore(small_tmpfs)
+    with pytest.raises(StoreError) as err:
+        store.put("runs/r/model.keras", os.urandom(3 * 2**20))
+    assert "No space left on device" in str(err.value) and "mnist-pipeline gc" in str(err.value)
+    assert not is_transient(err.value)
+    assert [p.name for p in small_tmpfs.rglob("*") if p.is_file()] == []
+    with pytest.raises(StoreError, match=r"has only 2\.0 MB free, a run needs 64 MB"):
+        store.probe_writable()
+
+
+def test_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        store = LocalStore(tmp_path / "store")
+        store.put("runs/r/report.html", b"x")
+        store.put_if_absent("registry/production.json", b"{}")
+        os.umask(0o027)
+        LocalStore(tmp_path / "store").put("runs/r/plots/a.png", b"x")
+    finally:
+        os.umask(old)
+    mode = lambda key: stat.S_IMODE((tmp_path / "store" / key).stat().st_mode)  # noqa: E731
+    assert mode("runs/r/report.html") == 0o644 and mode("registry/production.json") == 0o644
+    assert mode("runs/r/plots/a.png") == 0o640
+
+
+def test_stale_temporary_files_are_found_and_cleaned(local_store):
+    local_store.put("runs/r/model.keras", b"x")
+    stale = local_store.root / "runs/r/.tmp-dead.part"
+    fresh = local_store.root / "runs/r/.tmp-writing.part"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    old = time.time() - STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    assert local_store.stale_temp_files() == ["runs/r/.tmp-dead.part"]
+    local_store.probe_writable()  # before a run: the store cleans up after writers that died
+    assert not stale.exists() and fresh.exists()
