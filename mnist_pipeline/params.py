@@ -5,12 +5,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mnist_pipeline.errors import ConfigError
 
-Epochs = Annotated[int, Field(ge=1, le=500, description="Passes over the training set (README model: 10).")]
-BatchSize = Annotated[int, Field(ge=1, le=8192, description="Images per gradient step (README model: 32).")]
+# What "empty" means for each model: the README's MLP as written; the CNN's own recipe
+# (docs/cnn.md). One place, used by the command line, the UI's form and the tuner.
+MODEL_DEFAULTS = {
+    "mlp": {"epochs": 10, "batch_size": 32, "learning_rate": 0.001},
+    "cnn": {"epochs": 10, "batch_size": 32, "learning_rate": 0.001},
+}
+
+Epochs = Annotated[Optional[int], Field(
+    ge=1, le=500, description="Passes over the training set. Empty: the model's default (README MLP: 10).")]
+BatchSize = Annotated[Optional[int], Field(
+    ge=1, le=8192, description="Images per gradient step. Empty: the model's default (README MLP: 32).")]
 ModelKind = Annotated[Literal["mlp", "cnn"], Field(
     description="mlp: the README model (Flatten, Dense 128, Dense 64, Dense 10). cnn: conv layers "
                 "with batch norm and dropout, for more than 99%.")]
@@ -23,21 +32,31 @@ AllowRegression = Annotated[bool, Field(
 ValidationSize = Annotated[int, Field(
     ge=100, le=30000, description="Training images held out for validation (the test set is only for the gate).")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed for the split, initial weights and shuffling.")]
-LearningRate = Annotated[float, Field(gt=0.0, le=10.0, description="Adam learning rate (README model: 0.001).")]
+LearningRate = Annotated[Optional[float], Field(
+    gt=0.0, le=10.0, description="Peak learning rate. Empty: the model's default (README MLP: Adam at 0.001).")]
 
 
 class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    epochs: Epochs = 10
-    batch_size: BatchSize = 32
+    epochs: Epochs = None
+    batch_size: BatchSize = None
     model: ModelKind = "mlp"
     min_accuracy: MinAccuracy = None
     max_regression: MaxRegression = 0.005
     allow_regression: AllowRegression = False
     validation_size: ValidationSize = 5000
     seed: Seed = 42
-    learning_rate: LearningRate = 0.001
+    learning_rate: LearningRate = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_defaults(cls, values: object) -> object:
+        """An empty epochs, batch size or learning rate is the chosen model's default."""
+        if not isinstance(values, dict):
+            return values
+        defaults = MODEL_DEFAULTS.get(values.get("model", "mlp"), {})
+        return {**values, **{k: v for k, v in defaults.items() if values.get(k) is None}}
 
 
 def documented_params(summary: str):

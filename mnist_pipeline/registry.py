@@ -1,32 +1,134 @@
-"""The model registry: the gate rules, `registry/production.json` and its history.
+"""The model registry: `registry/production.json`, its rollback stack, and the history of decisions.
 
-production.json changes only by a conditional write (create-only when absent, If-Match otherwise),
-and only after the model it will name has been read back from the store and loaded in Keras safe
-mode, so production never names a model that does not load. A lost race is re-decided against the
-new production model. Every decision appends one create-only record under registry/history/.
+What promotion trusts (docs/registry.md):
+- a model's bytes, checked against the SHA-256 recorded when they were stored (the run's
+  manifest; production.json and its stack for models that were promoted);
+- an accuracy measured on the bytes going into production: the flow's own evaluation of the model
+  it just stored, or, for `promote` and `rollback`, the model run again on the verified test set.
+  No file's word is taken for it, so editing metrics.json (or a manifest) promotes nothing.
+
+production.json changes only by a conditional write (create-only when absent, If-Match
+otherwise), after the model it will name has been read back, hash-checked and loaded in Keras
+safe mode. It carries the rollback stack: the models that were in production before, newest
+last, so a rollback pops one and never returns to a model that was rolled back. Every decision
+gets one create-only record under registry/history/, written after the conditional write: the
+promotion is the last thing that decides, and a failure after it is reported as what it is.
 """
 
 from __future__ import annotations
 
+import base64
 import getpass
 import hashlib
 import json
+import re
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Annotated, Literal, Optional
 
-from mnist_pipeline.errors import NotFoundInStore, PipelineError, PreconditionFailed
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr, ValidationError, model_validator
+
+from mnist_pipeline.errors import (DamagedRegistry, NotFoundInStore, PipelineError, PreconditionFailed,
+                                   RegistryError)
 from mnist_pipeline.models import model_from_bytes
 from mnist_pipeline.store import ArtifactStore
 
 PRODUCTION_KEY = "registry/production.json"
 HISTORY_PREFIX = "registry/history/"
+ROLLBACK_DEPTH = 20  # promotions that rollback can undo; older models may be collected by gc
+TOMBSTONE = "collected.json"  # runs/<id>/collected.json: gc deleted this run's heavy files
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VERIFY_HINT = "run `mnist-pipeline verify` for the full picture"
+
+RunId = Annotated[StrictStr, Field(pattern=RUN_ID.pattern)]
+Sha256 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+Accuracy = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]
 
 
-class RegistryError(PipelineError):
-    pass
+def model_key(run_id: str) -> str:
+    return f"runs/{run_id}/model.keras"
 
 
+def manifest_key(run_id: str) -> str:
+    return f"runs/{run_id}/manifest.json"
+
+
+class StackEntry(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    run_id: RunId
+    model_key: StrictStr
+    model_sha256: Sha256
+    test_accuracy: Accuracy
+
+
+class Production(BaseModel):
+    """registry/production.json."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    run_id: RunId
+    test_accuracy: Accuracy
+    model_key: StrictStr
+    model_sha256: Sha256
+    promoted_at: StrictStr
+    promoted_by: StrictStr = ""
+    reason: StrictStr = ""
+    previous_run_id: Optional[RunId] = None  # the top of the stack, for people reading the file
+    stack: list[StackEntry] = []
+    history_key: Optional[StrictStr] = None
+
+    @model_validator(mode="after")
+    def _model_key_is_the_runs(self):
+        if self.model_key != model_key(self.run_id):
+            raise ValueError(f"model_key {self.model_key!r} is not {model_key(self.run_id)!r}")
+        return self
+
+    def entry(self) -> StackEntry:
+        return StackEntry(run_id=self.run_id, model_key=self.model_key,
+                          model_sha256=self.model_sha256, test_accuracy=self.test_accuracy)
+
+
+class HistoryRecord(BaseModel):
+    """One decision under registry/history/."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    decision: Literal["promoted", "blocked", "rollback"]
+    run_id: RunId
+    recorded_at: StrictStr
+    test_accuracy: Optional[Accuracy] = None
+    reason: StrictStr = ""
+    actor: StrictStr = ""
+    note: StrictStr = ""
+    source: StrictStr = "cli"
+    production_before: Optional[RunId] = None
+
+
+def _problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where + ': ' if where else ''}{err['msg']}"
+
+
+def parse_production(data: bytes) -> Production:
+    try:
+        return Production.model_validate(json.loads(data))
+    except json.JSONDecodeError as exc:
+        raise DamagedRegistry(f"{PRODUCTION_KEY} is damaged: not JSON ({exc.msg} at byte {exc.pos}); "
+                              f"{VERIFY_HINT}") from None
+    except ValidationError as exc:
+        raise DamagedRegistry(f"{PRODUCTION_KEY} is damaged: {_problem(exc)}; {VERIFY_HINT}") from None
+
+
+def parse_history_record(key: str, data: bytes) -> HistoryRecord:
+    try:
+        return HistoryRecord.model_validate(json.loads(data))
+    except json.JSONDecodeError as exc:
+        raise DamagedRegistry(f"{key} is damaged: not JSON ({exc.msg} at byte {exc.pos}); {VERIFY_HINT}") from None
+    except ValidationError as exc:
+        raise DamagedRegistry(f"{key} is damaged: {_problem(exc)}; {VERIFY_HINT}") from None
+
+
+# -- gate rules (pure) ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
@@ -36,20 +138,20 @@ class GateDecision:
     production_accuracy: float | None = None
 
 
-def gate(accuracy: float, min_accuracy: float, production: dict | None,
+def gate(accuracy: float, min_accuracy: float, production: Production | None,
          max_regression: float = 0.005, allow_regression: bool = False) -> GateDecision:
     """The promotion rules: the threshold always; the champion rule unless regression is allowed."""
-    prod_id = production.get("run_id") if production else None
-    prod_acc = production.get("test_accuracy") if production else None
+    prod_id = production.run_id if production else None
+    prod_acc = production.test_accuracy if production else None
     common = dict(min_accuracy=min_accuracy, production_run_id=prod_id, production_accuracy=prod_acc)
     if accuracy < min_accuracy:
-        return GateDecision(False, f"promotion blocked: {accuracy:.3f} < {min_accuracy:.3f}", **common)
+        return GateDecision(False, f"promotion blocked: {accuracy:.4f} < {min_accuracy:.4f}", **common)
     if prod_acc is not None and accuracy < prod_acc - max_regression:
         if not allow_regression:
             return GateDecision(False, (
                 f"promotion blocked: {accuracy:.4f} is below production {prod_id} "
                 f"({prod_acc:.4f}) by more than {max_regression:g}"), **common)
-        return GateDecision(True, (f"{accuracy:.4f} >= {min_accuracy:.3f}; regression from "
+        return GateDecision(True, (f"{accuracy:.4f} >= {min_accuracy:.4f}; regression from "
                                    f"{prod_acc:.4f} allowed on purpose"), **common)
     if prod_acc is None:
         versus = ""
@@ -57,15 +159,130 @@ def gate(accuracy: float, min_accuracy: float, production: dict | None,
         versus = f" and >= production {prod_acc:.4f}"
     else:
         versus = f" and within {max_regression:g} of production {prod_acc:.4f}"
-    return GateDecision(True, f"{accuracy:.4f} >= {min_accuracy:.3f}{versus}", **common)
+    return GateDecision(True, f"{accuracy:.4f} >= {min_accuracy:.4f}{versus}", **common)
 
 
-def read_production(store: ArtifactStore) -> tuple[dict | None, str | None]:
+# -- reading --------------------------------------------------------------------------------------
+def read_production_raw(store: ArtifactStore) -> tuple[bytes | None, str | None]:
     try:
-        data, etag = store.get_with_etag(PRODUCTION_KEY)
+        return store.get_with_etag(PRODUCTION_KEY)
     except NotFoundInStore:
         return None, None
-    return json.loads(data), etag
+
+
+def read_production(store: ArtifactStore) -> tuple[Production | None, str | None]:
+    """production.json and its ETag; (None, None) when nothing is in production; DamagedRegistry
+    (one line naming the object) when it is not what it should be."""
+    data, etag = read_production_raw(store)
+    return (parse_production(data) if data is not None else None), etag
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def verified_bytes(store: ArtifactStore, key: str, expected_sha256: str, what: str) -> bytes:
+    """The object's bytes if they are the ones recorded; DamagedRegistry naming the key and both
+    hashes otherwise (a swapped or edited model is never used)."""
+    try:
+        data = store.get(key)
+    except NotFoundInStore:
+        raise DamagedRegistry(f"{key} ({what}) is missing from {store.url}; {VERIFY_HINT}") from None
+    actual = sha256(data)
+    if actual != expected_sha256:
+        raise DamagedRegistry(f"{key} ({what}) has SHA-256 {actual}, but {expected_sha256} was recorded "
+                              f"when it was stored: it was replaced or edited; {VERIFY_HINT}")
+    return data
+
+
+def check_production_model(store: ArtifactStore, production: Production) -> None:
+    """The champion must be the model that was promoted: missing or different bytes are reported,
+    never silently used to judge a candidate."""
+    verified_bytes(store, production.model_key, production.model_sha256, f"production model of {production.run_id}")
+
+
+def read_manifest(store: ArtifactStore, run_id: str) -> tuple[dict, str]:
+    """A finished run's manifest and its SHA-256; RegistryError when the run did not finish."""
+    try:
+        data = store.get(manifest_key(run_id))
+    except NotFoundInStore:
+        raise RegistryError(f"run {run_id} is incomplete: it has no manifest (the run did not finish); "
+                            "only finished runs can be promoted") from None
+    try:
+        manifest = json.loads(data)
+        recorded = manifest["files"][model_key(run_id)]["sha256"]
+        if not isinstance(recorded, str) or not isinstance(manifest["test_accuracy"], (int, float)):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise DamagedRegistry(f"{manifest_key(run_id)} is damaged or predates model hashes (no "
+                              f"files.{model_key(run_id)}.sha256 or test_accuracy); {VERIFY_HINT}") from None
+    return manifest, sha256(data)
+
+
+def collected_files(store: ArtifactStore, run_id: str) -> dict[str, int]:
+    """Files `mnist-pipeline gc` deleted from this run (key -> bytes), from its mark."""
+    try:
+        mark = json.loads(store.get(f"runs/{run_id}/{TOMBSTONE}"))
+        return dict(mark["files"])
+    except NotFoundInStore:
+        return {}
+    except (ValueError, KeyError, TypeError):
+        raise DamagedRegistry(f"runs/{run_id}/{TOMBSTONE} is damaged; {VERIFY_HINT}") from None
+
+
+def collected(store: ArtifactStore, run_id: str) -> bool:
+    return model_key(run_id) in collected_files(store, run_id)
+
+
+# -- candidates -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """A stored model and the accuracy promotion may trust for it."""
+
+    run_id: str
+    model_sha256: str
+    test_accuracy: float  # measured on these bytes, never read from a file
+    recorded_accuracy: float | None = None
+
+    @property
+    def model_key(self) -> str:
+        return model_key(self.run_id)
+
+
+def measure_on_test_set(store: ArtifactStore, data: bytes, key: str) -> float:
+    """Load in safe mode and score on the 10,000 verified test images from the store's cache."""
+    from mnist_pipeline.dataset import load_test_images, load_test_labels
+    from mnist_pipeline.models import measured_accuracy
+
+    model = model_from_bytes(data, key)
+    return measured_accuracy(model, load_test_images(store), load_test_labels(store))
+
+
+def stored_candidate(store: ArtifactStore, run_id: str) -> Candidate:
+    """A finished run's model, hash-checked against its manifest and measured on the test set.
+    A manifest whose accuracy disagrees with what its model scores is refused as tampered."""
+    manifest, _ = read_manifest(store, run_id)
+    if collected(store, run_id):
+        raise RegistryError(f"run {run_id}'s model was deleted by `mnist-pipeline gc`; it cannot be promoted")
+    present = {info.key for info in store.list_objects(f"runs/{run_id}/")}
+    missing = sorted(set(manifest["files"]) - present)
+    if missing:
+        raise RegistryError(f"run {run_id} is incomplete: {missing[0]} is missing"
+                            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {VERIFY_HINT}")
+    key = model_key(run_id)
+    data = verified_bytes(store, key, manifest["files"][key]["sha256"], f"model of run {run_id}")
+    measured = measure_on_test_set(store, data, key)
+    recorded = float(manifest["test_accuracy"])
+    if abs(measured - recorded) > 2e-4:  # two images: float round-off at a tie, at most
+        raise DamagedRegistry(
+            f"{manifest_key(run_id)} records test accuracy {recorded:.4f}, but its model scores "
+            f"{measured:.4f} on the 10,000 test images: the manifest was edited; {VERIFY_HINT}")
+    return Candidate(run_id, sha256(data), measured, recorded)
+
+
+# -- history --------------------------------------------------------------------------------------
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def default_actor() -> str:
@@ -75,43 +292,57 @@ def default_actor() -> str:
         return "unknown"
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+def new_history_key(run_id: str) -> str:
+    return f"{HISTORY_PREFIX}{_now().strftime('%Y%m%dT%H%M%S.%fZ')}-{run_id}.json"
 
 
-def append_history(store: ArtifactStore, record: dict) -> str:
+def history_key_time(key: str) -> datetime | None:
+    """The UTC time in a history key (they sort in time order)."""
+    try:
+        return datetime.strptime(key[len(HISTORY_PREFIX):][:23], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def history_key_run_id(key: str) -> str | None:
+    name = key[len(HISTORY_PREFIX):]
+    if not name.endswith(".json") or len(name) < 30 or name[23] != "-":
+        return None
+    run_id = name[24:-5]
+    return run_id if RUN_ID.match(run_id) else None
+
+
+def write_history(store: ArtifactStore, record: dict, key: str | None = None) -> str:
     """One create-only record per decision; a same-microsecond clash gets a new timestamp."""
     for _ in range(5):
-        ts = _now().strftime("%Y%m%dT%H%M%S.%fZ")
-        key = f"{HISTORY_PREFIX}{ts}-{record['run_id']}.json"
+        key = key or new_history_key(record["run_id"])
+        body = dict(record, recorded_at=key[len(HISTORY_PREFIX):][:23])
         try:
-            store.put_if_absent(key, json.dumps(dict(record, recorded_at=ts), indent=2).encode())
+            store.put_if_absent(key, json.dumps(body, indent=2).encode())
             return key
         except PreconditionFailed:
-            continue
+            key = None
     raise RegistryError("could not write a unique history record")
 
 
-def read_history(store: ArtifactStore) -> list[dict]:
-    """All decisions, oldest first."""
-    records = []
-    for key in store.list(HISTORY_PREFIX):
-        record = json.loads(store.get(key))
-        record["key"] = key
-        records.append(record)
-    return records
+def history_keys(store: ArtifactStore) -> list[str]:
+    """Every history key, oldest first: one listing (1,000 keys a request on S3)."""
+    return [k for k in store.list(HISTORY_PREFIX) if history_key_run_id(k)]
 
 
-def verified_model_sha256(store: ArtifactStore, model_key: str) -> str:
-    """Read the model back from the store and load it in safe mode; its SHA-256 if it loads."""
-    try:
-        data = store.get(model_key)
-    except NotFoundInStore:
-        raise RegistryError(f"{model_key} is not in the store; nothing to promote") from None
-    model_from_bytes(data, model_key)
-    return hashlib.sha256(data).hexdigest()
+def read_history_record(store: ArtifactStore, key: str) -> HistoryRecord:
+    return parse_history_record(key, store.get(key))
 
 
+def read_history(store: ArtifactStore, limit: int | None = None) -> list[dict]:
+    """The newest `limit` decisions (all when None), oldest first, each with its "key"."""
+    keys = history_keys(store)
+    if limit is not None:
+        keys = keys[-limit:] if limit else []
+    return [dict(read_history_record(store, k).model_dump(), key=k) for k in keys]
+
+
+# -- decisions ------------------------------------------------------------------------------------
 @dataclass
 class PromotionResult:
     promoted: bool
@@ -120,100 +351,170 @@ class PromotionResult:
     production: dict | None  # production.json after the attempt
     history_key: str | None
     already: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        return out
+        return asdict(self)
 
 
-def promote(store: ArtifactStore, run_id: str, test_accuracy: float, model_key: str, *,
-            min_accuracy: float, max_regression: float = 0.005, allow_regression: bool = False,
-            actor: str | None = None, note: str = "", attempts: int = 5) -> PromotionResult:
+def _stack_after_promoting_over(current: Production | None) -> list[StackEntry]:
+    if current is None:
+        return []
+    return (list(current.stack) + [current.entry()])[-ROLLBACK_DEPTH:]
+
+
+def _write_production(store: ArtifactStore, record: Production, etag: str | None) -> None:
+    body = json.dumps(record.model_dump(), indent=2).encode()
+    if etag is None:
+        store.put_if_absent(PRODUCTION_KEY, body)
+    else:
+        store.put_if_match(PRODUCTION_KEY, body, etag)
+
+
+def _record_after_write(store: ArtifactStore, record: dict, key: str, warnings: list[str]) -> str | None:
+    """Production has changed: whatever happens now, the decision stands. A history record that
+    cannot be written is a warning (verify reports it), never a reason to say "failed"."""
+    try:
+        return write_history(store, record, key)
+    except PipelineError as exc:
+        warnings.append(f"production changed, but its history record {key} could not be written "
+                        f"({exc}); run `mnist-pipeline verify`")
+        return None
+
+
+def _ensure_recorded(store: ArtifactStore, current: Production, record: dict) -> str | None:
+    """A retry after production was written: its history record, if the first attempt died
+    before writing it (its key is in production.json, so this costs one request)."""
+    key = current.history_key
+    if key and not store.exists(key):
+        return write_history(store, record, key)
+    return None
+
+
+def _read_for_update(store: ArtifactStore, force: bool) -> tuple[Production | None, str | None, bytes | None]:
+    """(production, etag, the damaged bytes being replaced by --force)."""
+    data, etag = read_production_raw(store)
+    if data is None:
+        return None, None, None
+    try:
+        return parse_production(data), etag, None
+    except DamagedRegistry:
+        if not force:
+            raise
+        return None, etag, data
+
+
+def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
+            max_regression: float = 0.005, allow_regression: bool = False, actor: str | None = None,
+            note: str = "", source: str = "cli", summary: dict | None = None, force: bool = False,
+            attempts: int = 5) -> PromotionResult:
     """Gate the candidate against the current production model and, if it passes, point
-    production at it. Idempotent: promoting the run that is already production is a no-op."""
+    production at it. Idempotent: promoting the run that is already production is a no-op.
+    `force` replaces a damaged production.json or production model (keeping the damaged bytes
+    in the history record) and skips the champion rule, never the threshold."""
     actor = actor or default_actor()
-    model_sha = None
+    base = {"run_id": candidate.run_id, "test_accuracy": candidate.test_accuracy, "actor": actor,
+            "note": note, "source": source, "min_accuracy": min_accuracy, "max_regression": max_regression,
+            "allow_regression": allow_regression, "model_key": candidate.model_key,
+            "model_sha256": candidate.model_sha256,
+            **({"run": summary} if summary else {})}
+    verified = False
     for _ in range(attempts):
-        current, etag = read_production(store)
-        if current and current.get("run_id") == run_id:
-            # A retry after production was written: make sure the decision is on record, once.
-            recorded = any(r.get("run_id") == run_id and r.get("decision") == "promoted"
-                           for r in read_history(store))
-            key = None if recorded else append_history(store, {
-                "run_id": run_id, "test_accuracy": test_accuracy, "actor": actor, "note": note,
-                "decision": "promoted", "reason": current.get("reason", ""), "model_key": model_key,
-                "production_before": current.get("previous_run_id")})
-            return PromotionResult(True, "already in production", None, current, key, already=True)
-        decision = gate(test_accuracy, min_accuracy, current, max_regression, allow_regression)
-        base = {"run_id": run_id, "test_accuracy": test_accuracy, "actor": actor, "note": note,
-                "min_accuracy": min_accuracy, "max_regression": max_regression,
-                "allow_regression": allow_regression,
-                "production_before": current.get("run_id") if current else None}
+        current, etag, damaged = _read_for_update(store, force)
+        before = current.run_id if current else None
+        if current and current.run_id == candidate.run_id:
+            key = _ensure_recorded(store, current, dict(base, decision="promoted", reason=current.reason,
+                                                        production_before=current.previous_run_id))
+            if candidate.test_accuracy < min_accuracy:  # the threshold asked for applies here too
+                return PromotionResult(False, f"{candidate.run_id} is already in production, but "
+                                       f"{candidate.test_accuracy:.4f} < {min_accuracy:.4f}", None,
+                                       current.model_dump(), key)
+            return PromotionResult(True, "already in production", None, current.model_dump(), key, already=True)
+        champion = current
+        if current and force:
+            try:
+                check_production_model(store, current)
+            except DamagedRegistry:
+                champion, damaged = None, damaged or json.dumps(current.model_dump()).encode()
+        elif current:
+            check_production_model(store, current)
+        decision = gate(candidate.test_accuracy, min_accuracy, champion, max_regression, allow_regression)
         if not decision.promote:
-            key = append_history(store, dict(base, decision="blocked", reason=decision.reason))
-            return PromotionResult(False, decision.reason, decision, current, key)
-        model_sha = model_sha or verified_model_sha256(store, model_key)
-        record = {"run_id": run_id, "test_accuracy": test_accuracy, "model_key": model_key,
-                  "model_sha256": model_sha, "promoted_at": _now().isoformat(),
-                  "previous_run_id": current.get("run_id") if current else None,
-                  "promoted_by": actor, "reason": decision.reason}
-        body = json.dumps(record, indent=2).encode()
+            key = write_history(store, dict(base, decision="blocked", reason=decision.reason,
+                                            production_before=before))
+            return PromotionResult(False, decision.reason, decision, current and current.model_dump(), key)
+        if collected(store, candidate.run_id):  # every attempt: gc may have marked it meanwhile
+            raise RegistryError(f"run {candidate.run_id}'s model was deleted by `mnist-pipeline gc`; "
+                                "it cannot be promoted")
+        if not verified:
+            _verify_candidate_bytes(store, candidate)
+            verified = True
+        key = new_history_key(candidate.run_id)
+        stack = _stack_after_promoting_over(champion) if champion else (list(current.stack) if current else [])
+        record = Production(run_id=candidate.run_id, test_accuracy=candidate.test_accuracy,
+                            model_key=candidate.model_key, model_sha256=candidate.model_sha256,
+                            promoted_at=_now().isoformat(), promoted_by=actor, reason=decision.reason,
+                            previous_run_id=stack[-1].run_id if stack else None, stack=stack,
+                            history_key=key)
         try:
-            if etag is None:
-                store.put_if_absent(PRODUCTION_KEY, body)
-            else:
-                store.put_if_match(PRODUCTION_KEY, body, etag)
+            _write_production(store, record, etag)
         except PreconditionFailed:
             continue  # someone else changed production: decide again against the new champion
-        key = append_history(store, dict(base, decision="promoted", reason=decision.reason,
-                                         model_key=model_key, model_sha256=model_sha))
-        return PromotionResult(True, decision.reason, decision, record, key)
+        warnings: list[str] = []
+        extra = {"replaced_damaged_production": _keep_bytes(damaged)} if damaged else {}
+        written = _record_after_write(store, dict(base, decision="promoted", reason=decision.reason,
+                                                  production_before=before, **extra), key, warnings)
+        return PromotionResult(True, decision.reason, decision, record.model_dump(), written, warnings=warnings)
     reason = f"promotion blocked: production kept changing ({attempts} conditional writes refused)"
-    key = append_history(store, dict(base, decision="blocked", reason=reason))
-    current, _ = read_production(store)
-    return PromotionResult(False, reason, None, current, key)
+    key = write_history(store, dict(base, decision="blocked", reason=reason))
+    return PromotionResult(False, reason, None, None, key)
 
 
-def run_metrics(store: ArtifactStore, run_id: str) -> dict:
-    try:
-        return json.loads(store.get(f"runs/{run_id}/metrics.json"))
-    except NotFoundInStore:
-        raise RegistryError(f"run {run_id} not found in {store.url} (no runs/{run_id}/metrics.json); "
-                            "list runs with `mnist-pipeline runs`") from None
+def _keep_bytes(data: bytes) -> dict:
+    return {"sha256": sha256(data), "base64": base64.b64encode(data).decode()}
+
+
+def _verify_candidate_bytes(store: ArtifactStore, candidate: Candidate) -> None:
+    """Read the model back from the store: the bytes production will name must be the ones that
+    were measured, and must load in safe mode (a Lambda layer is refused, never run)."""
+    data = verified_bytes(store, candidate.model_key, candidate.model_sha256, f"model of run {candidate.run_id}")
+    model_from_bytes(data, candidate.model_key)
 
 
 def rollback(store: ArtifactStore, *, min_accuracy: float, actor: str | None = None,
              note: str = "") -> PromotionResult:
-    """Point production back at the model it replaced, through the same checks and conditional
-    write as a promotion (threshold, safe-mode load); the champion rule does not apply, since
-    going back to an earlier model is the point."""
+    """Pop the rollback stack: production goes back to the model that was in production before
+    the current one was promoted. Its bytes must match the hash recorded when it was promoted,
+    load in safe mode, and score at least `min_accuracy` on the test set (measured now). The
+    champion rule does not apply: going back to an earlier model is the point."""
     actor = actor or default_actor()
     current, etag = read_production(store)
-    if not current:
+    if current is None:
         raise RegistryError("nothing is in production; there is nothing to roll back")
-    target = current.get("previous_run_id")
-    if not target:
-        raise RegistryError(f"production {current['run_id']} has no earlier production model to roll back to")
-    accuracy = float(run_metrics(store, target)["test_accuracy"])
-    base = {"run_id": target, "test_accuracy": accuracy, "actor": actor, "note": note,
-            "min_accuracy": min_accuracy, "production_before": current["run_id"]}
+    if not current.stack:
+        raise RegistryError(f"production {current.run_id} has no earlier production model to roll back to "
+                            "(rollback returns only to models that were in production before it)")
+    target = current.stack[-1]
+    data = verified_bytes(store, target.model_key, target.model_sha256, f"model of run {target.run_id}")
+    accuracy = measure_on_test_set(store, data, target.model_key)
+    base = {"run_id": target.run_id, "test_accuracy": accuracy, "actor": actor, "note": note, "source": "cli",
+            "min_accuracy": min_accuracy, "production_before": current.run_id,
+            "model_key": target.model_key, "model_sha256": target.model_sha256}
     if accuracy < min_accuracy:
-        reason = f"rollback blocked: {accuracy:.3f} < {min_accuracy:.3f}"
-        key = append_history(store, dict(base, decision="blocked", reason=reason))
-        return PromotionResult(False, reason, None, current, key)
-    model_key = f"runs/{target}/model.keras"
-    model_sha = verified_model_sha256(store, model_key)
-    earlier = [r for r in read_history(store)
-               if r.get("run_id") == target and r.get("decision") in ("promoted", "rollback")]
-    record = {"run_id": target, "test_accuracy": accuracy, "model_key": model_key,
-              "model_sha256": model_sha, "promoted_at": _now().isoformat(),
-              "previous_run_id": earlier[-1].get("production_before") if earlier else None,
-              "promoted_by": actor, "reason": f"rollback from {current['run_id']}"}
+        reason = f"rollback blocked: {target.run_id} scores {accuracy:.4f} < {min_accuracy:.4f}"
+        key = write_history(store, dict(base, decision="blocked", reason=reason))
+        return PromotionResult(False, reason, None, current.model_dump(), key)
+    stack = list(current.stack[:-1])
+    key = new_history_key(target.run_id)
+    record = Production(run_id=target.run_id, test_accuracy=accuracy, model_key=target.model_key,
+                        model_sha256=target.model_sha256, promoted_at=_now().isoformat(), promoted_by=actor,
+                        reason=f"rollback from {current.run_id}", stack=stack,
+                        previous_run_id=stack[-1].run_id if stack else None, history_key=key)
     try:
-        store.put_if_match(PRODUCTION_KEY, json.dumps(record, indent=2).encode(), etag)
+        _write_production(store, record, etag)
     except PreconditionFailed:
         raise RegistryError("production changed while rolling back; nothing was changed, "
                             "check `mnist-pipeline history` and retry") from None
-    key = append_history(store, dict(base, decision="rollback", reason=record["reason"],
-                                     model_key=model_key, model_sha256=model_sha))
-    return PromotionResult(True, record["reason"], None, record, key)
+    warnings: list[str] = []
+    written = _record_after_write(store, dict(base, decision="rollback", reason=record.reason), key, warnings)
+    return PromotionResult(True, record.reason, None, record.model_dump(), written, warnings=warnings)

@@ -1,210 +1,287 @@
-"""`mnist-pipeline` against moto S3 and the local store. Runs are written into the store with the
-pipeline's own storage functions (a tiny real Keras model, metrics, predictions), so each test
-takes a second instead of a training run; tests/test_train_flow.py covers runs made by the flow."""
+"""`mnist-pipeline` against moto S3 and the folder store, in-process through its real entry point
+(`main`, what the console script runs), output captured at the file-descriptor level. Runs are
+stored the way the flow stores them (tests/fakes.py); tests/test_train_flow.py covers real runs."""
 
 from __future__ import annotations
 
-import gzip
 import json
-import math
+import os
 import subprocess
 import sys
-import urllib.request
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from mnist_pipeline import registry
-from mnist_pipeline.cli import app
-from mnist_pipeline.models import model_to_bytes
-from mnist_pipeline.stats import mcnemar_exact
-from tasks.evaluate import Evaluation
-from tasks.fetch import CACHE_PREFIX
-from tasks.store_artifacts import store_manifest, store_run_files
-from tests.conftest import assert_promotions_chain
+from mnist_pipeline.cli import main
+from tests.fakes import cache_test_set, model_zoo, read_idx, store_run
 
 CLI = str(Path(sys.executable).parent / "mnist-pipeline")
 
 
-@pytest.fixture(scope="module")
-def model_bytes():
-    import keras
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
 
-    return model_to_bytes(keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
-                                            keras.layers.Dense(10, activation="softmax")]))
-
-
-@pytest.fixture(scope="module")
-def y_test(mnist_mirror):
-    return np.frombuffer(gzip.decompress((mnist_mirror / "t10k-labels-idx1-ubyte.gz").read_bytes()),
-                         np.uint8, offset=8)
+    @property
+    def output(self) -> str:
+        return self.out + self.err
 
 
-@pytest.fixture
-def make_run(mnist_mirror, model_bytes, y_test):
-    """Store a finished run whose predictions are wrong on exactly the given test images."""
-    def make(store, run_id, wrong: list[int] | np.ndarray, started_minutes_ago=0, model="mlp"):
-        if not store.exists(CACHE_PREFIX + "t10k-labels-idx1-ubyte.gz"):
-            store.put(CACHE_PREFIX + "t10k-labels-idx1-ubyte.gz",
-                      (mnist_mirror / "t10k-labels-idx1-ubyte.gz").read_bytes())
-        y_pred = y_test.copy()
-        y_pred[wrong] = (y_pred[wrong] + 1) % 10
-        acc = round(1 - len(wrong) / len(y_test), 6)
-        metrics = {"test_accuracy": acc, "test_loss": 0.1, "test_errors": len(wrong)}
-        store.put(f"runs/{run_id}/model.keras", model_bytes)
-        store_run_files(store, run_id, Evaluation(metrics, y_pred, np.ones(len(y_pred), np.float32)),
-                        {"curves.png": b"\x89PNG"}, f"<html>report of {run_id}</html>".encode())
-        started = datetime.now(timezone.utc) - timedelta(minutes=started_minutes_ago)
-        store_manifest(store, run_id, {"run_id": run_id, "started_at": started.isoformat(),
-                                       "parameters": {"model": model, "epochs": 10},
-                                       "gate": {"promoted": False, "reason": "stored"}})
-        return acc
-    return make
+@pytest.fixture(scope="session")
+def zoo(mnist_mirror):
+    return model_zoo(mnist_mirror)
 
 
 @pytest.fixture
-def cli(store, monkeypatch):
-    """Invoke the CLI in-process against the parametrised store (local folder or moto S3)."""
+def cli(store, monkeypatch, capfd):
+    """Run `mnist-pipeline ARGS` in-process against the parametrised store (folder or moto S3)."""
     if not store.url.startswith("s3://"):  # the s3 store's fixture has set the S3 environment
         monkeypatch.setenv("MNIST_STORE_URL", store.url)
-    monkeypatch.setenv("MNIST_MIN_ACCURACY", "0.97")
+    monkeypatch.setenv("MNIST_MIN_ACCURACY", "0.5")  # the zoo's models score 0.18-0.82
 
-    def invoke(*args):
-        return CliRunner().invoke(app, list(args))
+    def invoke(*args: str) -> Result:
+        capfd.readouterr()
+        code = main(list(args))
+        captured = capfd.readouterr()
+        assert "Traceback" not in captured.out + captured.err, captured.out + captured.err
+        return Result(code, captured.out, captured.err)
     return invoke
 
 
-def test_runs_lists_newest_first_and_marks_production(store, cli, make_run):
-    make_run(store, "run-old", range(200), started_minutes_ago=30)
-    make_run(store, "run-new", range(250), started_minutes_ago=1, model="cnn")
-    assert cli("promote", "run-old").exit_code == 0
-    result = cli("runs", "--json")
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
-    assert [r["run_id"] for r in rows] == ["run-new", "run-old"]
-    assert [r["production"] for r in rows] == [False, True]
-    assert rows[0]["model"] == "cnn" and rows[0]["test_accuracy"] == 0.975
-    table = cli("runs").output
-    assert table.index("run-new") < table.index("run-old") and "0.9800" in table
-
-
-def test_empty_store_and_unknown_run_are_clear_errors(store, cli, make_run):
-    result = cli("runs")
-    assert result.exit_code == 1 and "no runs in" in result.output
-    make_run(store, "abc123", [])
-    result = cli("report", "zzz")
-    assert result.exit_code == 1 and "run 'zzz' not found" in result.output
-    assert "Traceback" not in result.output
-
-
-def test_report_download_by_prefix(store, cli, make_run, tmp_path):
-    make_run(store, "5f3e9a-run", [1, 2])
-    target = tmp_path / "r.html"
-    result = cli("report", "5f3e", "--output", str(target))
-    assert result.exit_code == 0, result.output
-    assert target.read_bytes() == b"<html>report of 5f3e9a-run</html>"
-
-
-def test_report_url_is_presigned_and_works_over_http(s3_store, make_run, monkeypatch):
-    make_run(s3_store, "run-url", [])
-    result = CliRunner().invoke(app, ["report", "run-url", "--url", "--expires", "600"])
-    assert result.exit_code == 0, result.output
-    url = result.output.strip().splitlines()[0]
-    assert "X-Amz-Expires=600" in url and "X-Amz-Signature=" in url
-    assert urllib.request.urlopen(url, timeout=5).read() == b"<html>report of run-url</html>"
-
-
-def test_compare_reports_mcnemar_on_the_stored_predictions(store, cli, make_run):
-    make_run(store, "run-a", list(range(0, 100)))  # 100 errors
-    make_run(store, "run-b", list(range(60, 200)))  # 140 errors; 40 shared
-    result = cli("compare", "run-a", "run-b")
-    assert result.exit_code == 0, result.output
-    # right only by A: images 100-199 (100); right only by B: images 0-59 (60)
-    n, k = 160, 60
-    expected_p = 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    assert "right only by run-a: 100; right only by run-b: 60" in result.output
-    assert f"p = {expected_p:.4g}" in result.output and "significant at 0.05" in result.output
-
-
-def test_mcnemar_exact_edge_cases():
-    same = np.ones(10, bool)
-    assert mcnemar_exact(same, same) == (0, 0, 1.0)
-    b, c, p = mcnemar_exact(np.array([1, 1, 0, 0], bool), np.array([0, 0, 1, 1], bool))
-    assert (b, c) == (2, 2) and p == 1.0
-
-
-def test_promote_blocked_exits_3_and_keeps_production(store, cli, make_run):
-    make_run(store, "good", range(150))
-    make_run(store, "weak", range(400))  # 0.96
-    assert cli("promote", "good", "--reason", "first model").exit_code == 0
-    before = store.get(registry.PRODUCTION_KEY)
-    result = cli("promote", "weak")
-    assert result.exit_code == 3 and "promotion blocked: 0.960 < 0.970" in result.output
-    assert store.get(registry.PRODUCTION_KEY) == before
-    history = registry.read_history(store)
-    assert [(r["run_id"], r["decision"]) for r in history] == [("good", "promoted"), ("weak", "blocked")]
-    assert history[0]["note"] == "first model" and "@" in history[0]["actor"]
-    shown = cli("history").output
-    assert "first model" in shown and "blocked" in shown
-
-
-def test_rollback_to_the_previous_production_model(store, cli, make_run):
-    make_run(store, "v1", range(200))
-    make_run(store, "v2", range(100))
-    assert cli("promote", "v1").exit_code == 0
-    assert cli("promote", "v2").exit_code == 0
-    result = cli("rollback", "--reason", "v2 misbehaves in the field")
-    assert result.exit_code == 0, result.output
-    prod, _ = registry.read_production(store)
-    assert prod["run_id"] == "v1" and prod["previous_run_id"] is None
-    last = registry.read_history(store)[-1]
-    assert last["decision"] == "rollback" and last["note"] == "v2 misbehaves in the field"
-    again = cli("rollback")
-    assert again.exit_code == 1 and "no earlier production model" in again.output
-
-
-def _env_for(store, moto_server, base_env) -> dict:
-    import os
-
-    env = dict(os.environ, MNIST_MIN_ACCURACY="0.97")
-    if store.url.startswith("s3://"):
-        env.update(base_env)
-    else:
-        env["MNIST_STORE_URL"] = store.url
-    return env
-
-
 @pytest.fixture
-def proc_env(request, store, moto_server):
-    base = request.getfixturevalue("s3_env") if store.url.startswith("s3://") else {}
-    return _env_for(store, moto_server, base)
+def runs(store, zoo, mnist_mirror):
+    """Runs a (best, ~0.82) .. d (~0.18), a the oldest; the test set cached as the flow leaves it."""
+    cache_test_set(store, mnist_mirror)
+    for i, name in enumerate("abcd"):
+        store_run(store, f"run-{name}", zoo[i], minutes_ago=40 - 10 * i, model="cnn" if name == "c" else "mlp")
+    return store
 
 
-def test_two_promotes_racing_leave_one_winner_and_a_truthful_history(store, make_run, proc_env):
-    make_run(store, "racer-a", range(190))
-    make_run(store, "racer-b", range(180))
-    procs = [subprocess.Popen([CLI, "promote", run, "--reason", "race"], env=proc_env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for run in ("racer-a", "racer-b")]
-    codes = [p.wait(120) for p in procs]
-    assert all(code in (0, 3) for code in codes), [p.stderr.read() for p in procs]
-    prod, _ = registry.read_production(store)
-    history = registry.read_history(store)
-    assert sorted(r["run_id"] for r in history) == ["racer-a", "racer-b"]
-    promoted = [r for r in history if r["decision"] == "promoted"]
-    assert_promotions_chain(promoted, prod["run_id"])
-    assert {r["run_id"] for r in promoted} == {("racer-a", "racer-b")[i] for i, c in enumerate(codes) if c == 0}
+def error_line(result: Result) -> str:
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    return lines[0]
 
 
-def test_unreachable_endpoint_is_one_line_and_non_zero(s3_env, monkeypatch):
-    from tests.conftest import free_port
+# -- review -------------------------------------------------------------------------------------
+def test_runs_newest_first_full_ids_iso_times_and_production(runs, cli):
+    assert cli("promote", "run-a").code == 0
+    table = cli("runs")
+    assert table.code == 0
+    lines = table.out.splitlines()
+    assert lines[0].split("\t") == ["run id", "started (UTC)", "model", "epochs", "test acc", "gate", "prod"]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [r[0] for r in rows] == ["run-d", "run-c", "run-b", "run-a"]  # full ids when piped
+    assert rows[-1][6] == "*" and rows[1][2] == "cnn"
+    assert all(len(r[1]) == 20 and r[1].endswith("Z") and r[1][10] == "T" for r in rows)  # ISO
+    data = json.loads(cli("runs", "--json").out)
+    assert [r["run_id"] for r in data] == ["run-d", "run-c", "run-b", "run-a"] and data[-1]["production"]
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
-    env = dict(__import__("os").environ)
-    proc = subprocess.run([CLI, "runs"], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("error: bucket") and "unreachable" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "testing-secret" not in proc.stderr
+
+def test_runs_and_history_show_the_newest_page(store, zoo, cli, mnist_mirror):
+    for i in range(25):
+        store_run(store, f"r{i:02d}", zoo[0], minutes_ago=100 - i)
+    page = cli("runs")
+    assert [line.split("\t")[0] for line in page.out.splitlines()[1:]] == [f"r{i:02d}" for i in range(24, 4, -1)]
+    assert "showing the newest 20 of 25 runs; --limit N or --all for more" in page.err
+    assert len(cli("runs", "--limit", "3").out.splitlines()) == 4
+    assert len(cli("runs", "--all").out.splitlines()) == 26 and cli("runs", "--all").err == ""
+    history = cli("history", "-n", "5")
+    assert [line.split("\t")[2] for line in history.out.splitlines()[1:]] == [f"r{i:02d}" for i in range(24, 19, -1)]
+    assert history.out.splitlines()[1].split("\t")[0].endswith("Z")
+    assert len(json.loads(cli("history", "--all", "--json").out)) == 25
+
+
+def test_a_run_the_history_does_not_know_still_shows_and_foreign_folders_are_skipped(runs, zoo, cli):
+    store_run(runs, "restored", zoo[1], minutes_ago=5, decide=None)  # e.g. restored from a backup
+    if runs.url.startswith("s3://"):
+        runs.put("runs/empty-marker/", b"")  # what an S3 console's "create folder" writes
+    else:
+        (Path(runs.url) / "runs" / "empty-marker").mkdir()
+    result = cli("runs")
+    ids = [line.split("\t")[0] for line in result.out.splitlines()[1:]]
+    assert ids[0] == "restored" and "empty-marker" not in ids
+    assert "warning: skipped runs/empty-marker/: no run files in it" in result.err
+
+
+def test_report_saves_into_a_folder_or_refuses_a_missing_one_in_one_line(runs, cli, tmp_path, monkeypatch):
+    saved = cli("report", "run-b", "-o", str(tmp_path))
+    assert saved.code == 0 and (tmp_path / "report-run-b.html").read_bytes() == b"<html>report of run-b</html>"
+    missing = cli("report", "run-b", "-o", str(tmp_path / "no" / "such" / "r.html"))
+    assert missing.code == 1 and error_line(missing) == \
+        f"error: cannot write {tmp_path}/no/such/r.html: the folder {tmp_path}/no/such does not exist"
+    monkeypatch.setenv("BROWSER", str(tmp_path / "no-browser-here"))
+    opened = cli("report", "run-b", "-o", str(tmp_path / "r.html"), "--open")
+    assert opened.code == 0 and f"no browser could be opened here; the report is at {tmp_path}/r.html" in opened.err
+
+
+def test_compare_marks_differences_with_deltas_and_mcnemar(runs, cli, zoo, mnist_mirror):
+    result = cli("compare", "run-a", "run-d")
+    assert result.code == 0, result.err
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in result.out.splitlines()[1:-1]}
+    a, d = zoo[0].accuracy, zoo[3].accuracy
+    assert rows["test accuracy"] == [f"{a:.4f}", f"{d:.4f}", f"{d - a:+.4f}"]
+    assert rows["model"] == ["mlp", "mlp", ""] and rows["threshold applied"] == ["0.9700", "0.9700", ""]
+    y = read_idx(mnist_mirror, "t10k-labels-idx1-ubyte", 8)
+    only_a = int(np.sum((zoo[0].predictions == y) & (zoo[3].predictions != y)))
+    assert f"right only by run-a: {only_a};" in result.out.splitlines()[-1]
+
+
+# -- manage ---------------------------------------------------------------------------------------
+def test_promote_blocked_rollback_and_its_threshold(runs, cli, zoo):
+    assert cli("promote", "run-b", "--reason", "first").code == 0
+    blocked = cli("promote", "run-d")
+    assert blocked.code == 3 and error_line(blocked) == f"promotion blocked: {zoo[3].accuracy:.4f} < 0.5000"
+    assert cli("promote", "run-a").code == 0
+    strict = cli("rollback", "--min-accuracy", "0.99")
+    assert strict.code == 3 and error_line(strict).startswith("rollback blocked: run-b scores 0.8")
+    back = cli("rollback", "--reason", "a misbehaves")
+    assert back.code == 0 and back.out.startswith("rolled back: run-b is in production")
+    again = cli("rollback")
+    assert again.code == 1 and "no earlier production model" in error_line(again)
+    last = registry.read_history(runs)[-1]
+    assert last["decision"] == "rollback" and last["note"] == "a misbehaves"
+
+
+def test_promote_and_rollback_print_no_tensorflow_noise(runs, store, zoo):
+    """The console script for real: TensorFlow's start-up lines (written below Python) are hidden."""
+    env = dict(os.environ, MNIST_MIN_ACCURACY="0.5")
+    env.setdefault("MNIST_STORE_URL", store.url)
+    for args in (["promote", "run-b"], ["promote", "run-a"], ["rollback"]):
+        proc = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == "" and len(proc.stdout.splitlines()) == 1, proc.stdout + proc.stderr
+
+
+# -- damage: each ends with production unchanged, one line, and verify naming it ------------------
+def _edit_json(store, key, **changes):
+    store.put(key, json.dumps(dict(json.loads(store.get(key)), **changes)).encode())
+
+
+DAMAGES = {
+    "metrics edited": lambda s, z: _edit_json(s, "runs/run-d/metrics.json", test_accuracy=0.999),
+    "manifest edited": lambda s, z: (_edit_json(s, "runs/run-d/metrics.json", test_accuracy=0.999),
+                                     _edit_json(s, "runs/run-d/manifest.json", test_accuracy=0.999)),
+    "production model swapped": lambda s, z: s.put("runs/run-b/model.keras", z[2].data),
+    "production model garbage": lambda s, z: s.put("runs/run-b/model.keras", b"garbage"),
+    "production.json not JSON": lambda s, z: s.put(registry.PRODUCTION_KEY, b"{oops"),
+    "production.json {}": lambda s, z: s.put(registry.PRODUCTION_KEY, b"{}"),
+    "production.json null": lambda s, z: s.put(registry.PRODUCTION_KEY, b"null"),
+    "production.json string accuracy": lambda s, z: _edit_json(s, registry.PRODUCTION_KEY, test_accuracy="0.9"),
+    "history record not JSON": lambda s, z: s.put(registry.history_keys(s)[-1], b"not json"),
+    "history record without fields": lambda s, z: s.put(registry.history_keys(s)[-1], b'{"run_id": "run-b"}'),
+}
+NAMED_BY_VERIFY = {
+    "metrics edited": "runs/run-d/metrics.json: ",
+    "manifest edited": "runs/run-d/manifest.json",
+    "production model swapped": "runs/run-b/model.keras (production model) has SHA-256",
+    "production model garbage": "runs/run-b/model.keras (production model) has SHA-256",
+    "production.json not JSON": "registry/production.json is damaged: not JSON",
+    "production.json {}": "registry/production.json is damaged: run_id: Field required",
+    "production.json null": "registry/production.json is damaged",
+    "production.json string accuracy": "registry/production.json is damaged: test_accuracy",
+    "history record not JSON": "is damaged: not JSON",
+    "history record without fields": "is damaged: decision: Field required",
+}
+
+
+# The commands that use each damaged object: each must refuse (exit 1, or 3 for a gate that
+# measured the truth) in one line. Commands that do not read it (promoting a healthy run while
+# another run's metrics were edited) may go on: verify is what names every damage.
+USERS = {
+    "metrics edited": [["promote", "run-d"]],
+    "manifest edited": [["promote", "run-d"]],
+    "production model swapped": [["promote", "run-a"], ["promote", "run-d"], ["rollback"]],
+    "production model garbage": [["promote", "run-a"], ["rollback"]],
+    "history record not JSON": [["history"]],
+    "history record without fields": [["history"]],
+}
+PRODUCTION_USERS = [["promote", "run-a"], ["promote", "run-d"], ["rollback"], ["runs"]]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_store_never_changes_production_and_every_error_is_one_line(runs, cli, zoo, damage):
+    assert cli("promote", "run-b").code == 0
+    DAMAGES[damage](runs, zoo)
+    before = runs.get(registry.PRODUCTION_KEY)
+    for args in USERS.get(damage, PRODUCTION_USERS):
+        result = cli(*args)
+        line = error_line(result)  # exactly one line, no traceback (the fixture checks)
+        assert result.code in (1, 3), (args, result.output)
+        assert runs.get(registry.PRODUCTION_KEY) == before, (damage, args, result.output)
+        if result.code == 1:
+            assert line.startswith("error: "), line
+    audit = cli("verify")
+    assert audit.code == 1 and NAMED_BY_VERIFY[damage] in audit.out, audit.output
+
+
+def test_verify_is_clean_on_a_healthy_store(runs, cli):
+    assert cli("promote", "run-b").code == 0 and cli("promote", "run-a").code == 0
+    result = cli("verify")
+    assert result.code == 0 and result.out.startswith(f"ok: {runs.url} is consistent"), result.output
+
+
+def test_every_command_on_a_store_of_damaged_and_foreign_objects_and_bad_paths(runs, cli, tmp_path):
+    """Bad store content, bad paths, bad arguments: one line each, exit 1 or 2, no traceback."""
+    assert cli("promote", "run-b").code == 0
+    runs.put("runs/run-c/predictions.npy", b"not numpy")
+    runs.put("runs/run-a/manifest.json", b"[1, 2]")
+    runs.put("stray.txt", b"someone's notes")
+    runs.put("registry/history/garbage.json", b"{}")
+    bad = tmp_path / "missing" / "x"
+    commands = [["runs"], ["runs", "--limit", "-3"], ["history"], ["report", "zzz"], ["report", "run-b", "-o", str(bad)],
+                ["report", "../etc"], ["compare", "run-a", "run-c"], ["compare", "run-b", "nope"],
+                ["promote", "run-a"], ["promote", "run-c", "--min-accuracy", "2"], ["rollback"], ["verify"],
+                ["gc"], ["gc", "--keep-last", "1", "--dry-run"], ["model", "-o", str(bad)], ["model", "run-a"],
+                ["predict", str(tmp_path / "none.png")], ["no-such-command"]]
+    for args in commands:
+        result = cli(*args)
+        assert result.code in (0, 1, 2, 3), args
+        if result.code in (1, 2) and args[0] != "verify":
+            assert result.err.strip().splitlines()[-1].startswith("error: "), (args, result.err)
+            assert len([line for line in result.err.splitlines() if line.startswith("error:")]) == 1
+
+
+# -- use ----------------------------------------------------------------------------------------------
+def test_model_downloads_production_checked_against_its_hash(runs, cli, tmp_path, zoo):
+    assert cli("promote", "run-a").code == 0
+    saved = cli("model", "-o", str(tmp_path / "m.keras"))
+    assert saved.code == 0 and (tmp_path / "m.keras").read_bytes() == zoo[0].data
+    assert cli("model", "run-c", "-o", str(tmp_path)).code == 0 and (tmp_path / "model-run-c.keras").exists()
+    runs.put("runs/run-a/model.keras", zoo[1].data)
+    refused = cli("model", "-o", str(tmp_path / "m2.keras"))
+    assert refused.code == 1 and "runs/run-a/model.keras (production model) has SHA-256" in error_line(refused)
+    assert not (tmp_path / "m2.keras").exists()
+
+
+def test_predict_classifies_digits_rendered_from_mnist_as_the_model_does(runs, cli, tmp_path, zoo, mnist_mirror):
+    """Test images rendered white-on-black (PNG) and dark-on-light, 5x, off-centre (JPEG): with
+    MNIST's preprocessing the model says what it says of the original images."""
+    from PIL import Image
+
+    assert cli("promote", "run-a").code == 0
+    images = read_idx(mnist_mirror, "t10k-images-idx3-ubyte", 16).reshape(-1, 28, 28)[:20]
+    paths = []
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        canvas = Image.new("L", (300, 200), 255)
+        canvas.paste(Image.fromarray(255 - image).resize((140, 140), Image.LANCZOS), (40 + 3 * i, 20 + i))
+        canvas.save(tmp_path / f"{i}.jpg", quality=90)
+        paths += [str(tmp_path / f"{i}.png"), str(tmp_path / f"{i}.jpg")]
+    result = cli("predict", *paths, "--json")
+    assert result.code == 0, result.err
+    said = {Path(p["image"]).name: p["digit"] for p in json.loads(result.out)["predictions"]}
+    expected = zoo[0].predictions[:20]
+    assert sum(said[f"{i}.png"] == expected[i] for i in range(20)) >= 19
+    assert sum(said[f"{i}.jpg"] == expected[i] for i in range(20)) >= 17
+    plain = cli("predict", paths[0])
+    assert plain.out.startswith(f"{paths[0]}: {expected[0]} (p")
+    (tmp_path / "text.png").write_text("not an image")
+    bad = cli("predict", str(tmp_path / "text.png"), paths[0])
+    assert bad.code == 1 and error_line(bad) == f"error: {tmp_path}/text.png is not an image Pillow can read (give a PNG or JPEG)"
+    assert bad.out.startswith(paths[0])  # the readable image was still classified

@@ -1,4 +1,5 @@
-"""Gate rules, and the registry's conditional writes on both store backends."""
+"""Gate rules, and the registry on both backends: conditional writes, the rollback stack, what
+promotion trusts (hashes, a measured accuracy), and damaged registry objects."""
 
 import json
 import threading
@@ -6,157 +7,277 @@ import threading
 import pytest
 
 from mnist_pipeline import registry
-from mnist_pipeline.errors import UnsafeModel
+from mnist_pipeline.errors import DamagedRegistry, RegistryError, StoreError, UnsafeModel
 from mnist_pipeline.models import model_to_bytes
 from tests.conftest import assert_promotions_chain
+from tests.fakes import ZooModel, cache_test_set, model_zoo, store_run
 
 
 # -- gate rules (pure) ----------------------------------------------------------------------------
-def test_threshold_blocks_below_and_passes_at():
-    blocked = registry.gate(0.962, 0.97, None)
-    assert not blocked.promote and blocked.reason == "promotion blocked: 0.962 < 0.970"
+def prod(run_id, acc):
+    return registry.Production(run_id=run_id, test_accuracy=acc, model_key=registry.model_key(run_id),
+                               model_sha256="0" * 64, promoted_at="2026-01-01T00:00:00+00:00")
+
+
+def test_threshold_blocks_below_and_passes_at_with_four_decimals():
+    blocked = registry.gate(0.9698, 0.97, None)
+    assert not blocked.promote and blocked.reason == "promotion blocked: 0.9698 < 0.9700"
     assert registry.gate(0.97, 0.97, None).promote
 
 
 def test_champion_rule_and_tolerance():
-    prod = {"run_id": "champ", "test_accuracy": 0.985}
-    assert registry.gate(0.981, 0.97, prod, max_regression=0.005).promote  # within tolerance
-    worse = registry.gate(0.979, 0.97, prod, max_regression=0.005)
+    champ = prod("champ", 0.985)
+    assert registry.gate(0.981, 0.97, champ, max_regression=0.005).promote  # within tolerance
+    worse = registry.gate(0.979, 0.97, champ, max_regression=0.005)
     assert not worse.promote and "below production champ (0.9850)" in worse.reason
     assert worse.production_run_id == "champ"
 
 
 def test_allow_regression_overrides_the_champion_but_never_the_threshold():
-    prod = {"run_id": "champ", "test_accuracy": 0.99}
-    assert registry.gate(0.975, 0.97, prod, allow_regression=True).promote
-    assert not registry.gate(0.965, 0.97, prod, allow_regression=True).promote
+    champ = prod("champ", 0.99)
+    assert registry.gate(0.975, 0.97, champ, allow_regression=True).promote
+    assert not registry.gate(0.965, 0.97, champ, allow_regression=True).promote
 
 
-# -- registry on a store ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model_bytes():
-    import keras
-
-    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10)])
-    return model_to_bytes(model)
+# -- on a store -------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def zoo(mnist_mirror) -> list[ZooModel]:
+    return model_zoo(mnist_mirror)
 
 
-def add_run(store, run_id, accuracy, model_bytes):
-    store.put(f"runs/{run_id}/model.keras", model_bytes)
-    store.put(f"runs/{run_id}/metrics.json", json.dumps({"test_accuracy": accuracy}).encode())
-    return f"runs/{run_id}/model.keras"
+@pytest.fixture
+def runs(store, zoo, mnist_mirror):
+    """Four finished runs, best to worst (about 0.82 down to 0.1), and the cached test set."""
+    cache_test_set(store, mnist_mirror)
+    for i, name in enumerate("abcd"):
+        store_run(store, name, zoo[i], minutes_ago=10 - i)
+    return {name: zoo[i].accuracy for i, name in enumerate("abcd")}
 
 
-def promote(store, run_id, acc, **kw):
-    return registry.promote(store, run_id, acc, f"runs/{run_id}/model.keras", min_accuracy=0.97, **kw)
+MIN = 0.5  # the zoo's models score 0.1-0.82: thresholds in these tests are relative to that
 
 
-def test_first_promotion_then_blocked_then_better(store, tiny_model_bytes):
-    for run_id, acc in (("r1", 0.975), ("r2", 0.96), ("r3", 0.98)):
-        add_run(store, run_id, acc, tiny_model_bytes)
-    assert promote(store, "r1", 0.975).promoted
-    before = store.get(registry.PRODUCTION_KEY)
-    blocked = promote(store, "r2", 0.96)
-    assert not blocked.promoted and blocked.reason == "promotion blocked: 0.960 < 0.970"
-    assert store.get(registry.PRODUCTION_KEY) == before  # untouched, byte for byte
-    assert promote(store, "r3", 0.98).promoted
-    prod, _ = registry.read_production(store)
-    assert prod["run_id"] == "r3" and prod["previous_run_id"] == "r1" and prod["model_key"] == "runs/r3/model.keras"
-    decisions = [(r["run_id"], r["decision"]) for r in registry.read_history(store)]
-    assert decisions == [("r1", "promoted"), ("r2", "blocked"), ("r3", "promoted")]
+def promote(store, run_id, **kw):
+    kw.setdefault("min_accuracy", MIN)
+    return registry.promote(store, registry.stored_candidate(store, run_id), **kw)
 
 
-def test_promoting_twice_is_a_no_op(store, tiny_model_bytes):
-    add_run(store, "r1", 0.98, tiny_model_bytes)
-    assert promote(store, "r1", 0.98).promoted
-    again = promote(store, "r1", 0.98)
+def production_bytes(store):
+    return store.get(registry.PRODUCTION_KEY)
+
+
+def test_first_promotion_then_blocked_then_better(store, runs):
+    assert promote(store, "b").promoted
+    before = production_bytes(store)
+    blocked = promote(store, "d")  # about 0.1
+    assert not blocked.promoted and blocked.reason.startswith("promotion blocked: 0.1")
+    assert production_bytes(store) == before  # untouched, byte for byte
+    assert promote(store, "a").promoted
+    current, _ = registry.read_production(store)
+    assert current.run_id == "a" and [e.run_id for e in current.stack] == ["b"]
+    assert [(r["run_id"], r["decision"]) for r in registry.read_history(store)][-3:] == [
+        ("b", "promoted"), ("d", "blocked"), ("a", "promoted")]
+
+
+def test_the_accuracy_promotion_trusts_is_measured_not_read(store, runs, zoo):
+    """metrics.json (and the manifest) of a weak run edited to 0.999: nothing is promoted."""
+    metrics = json.loads(store.get("runs/d/metrics.json"))
+    store.put("runs/d/metrics.json", json.dumps(dict(metrics, test_accuracy=0.999)).encode())
+    assert registry.stored_candidate(store, "d").test_accuracy == zoo[3].accuracy  # metrics.json ignored
+    manifest = json.loads(store.get("runs/d/manifest.json"))
+    store.put("runs/d/manifest.json", json.dumps(dict(manifest, test_accuracy=0.999)).encode())
+    with pytest.raises(DamagedRegistry) as err:
+        registry.stored_candidate(store, "d")
+    assert str(err.value).startswith("runs/d/manifest.json records test accuracy 0.9990, but its model scores 0.1")
+    assert registry.read_production(store) == (None, None)
+
+
+def test_a_swapped_model_is_refused_naming_the_key_and_both_hashes(store, runs, zoo):
+    store.put("runs/c/model.keras", zoo[0].data)  # another run's model in c's place
+    with pytest.raises(DamagedRegistry) as err:
+        registry.stored_candidate(store, "c")
+    recorded = registry.sha256(zoo[2].data)
+    assert str(err.value).startswith(f"runs/c/model.keras (model of run c) has SHA-256 "
+                                     f"{registry.sha256(zoo[0].data)}, but {recorded} was recorded")
+
+
+def test_a_damaged_production_model_is_reported_not_used_as_the_champion(store, runs):
+    assert promote(store, "b").promoted
+    store.put("runs/b/model.keras", b"garbage")
+    before = production_bytes(store)
+    with pytest.raises(DamagedRegistry, match=r"runs/b/model.keras \(production model of b\) has SHA-256"):
+        promote(store, "a")
+    store.delete("runs/b/model.keras")
+    with pytest.raises(DamagedRegistry, match=r"runs/b/model.keras \(production model of b\) is missing"):
+        promote(store, "a")
+    assert production_bytes(store) == before
+    forced = promote(store, "a", force=True)  # the way out: the champion rule is skipped, kept on record
+    assert forced.promoted and registry.read_production(store)[0].stack == []
+
+
+def test_rollback_is_a_stack_of_promotions(store, runs):
+    """promote A, promote B, rollback (-> A), promote C, rollback (-> A), rollback: refused."""
+    assert promote(store, "a").promoted and promote(store, "b", allow_regression=True).promoted
+    assert registry.rollback(store, min_accuracy=MIN).production["run_id"] == "a"
+    assert promote(store, "c", allow_regression=True).promoted
+    assert registry.rollback(store, min_accuracy=MIN).production["run_id"] == "a"
+    before = production_bytes(store)
+    with pytest.raises(RegistryError, match="production a has no earlier production model to roll back to"):
+        registry.rollback(store, min_accuracy=MIN)
+    assert production_bytes(store) == before and registry.read_production(store)[0].run_id == "a"
+    decisions = [(r["decision"], r["run_id"]) for r in registry.read_history(store) if r["source"] == "cli"]
+    assert decisions == [("promoted", "a"), ("promoted", "b"), ("rollback", "a"), ("promoted", "c"), ("rollback", "a")]
+
+
+def test_rollback_onto_a_swapped_model_is_refused(store, runs, zoo):
+    assert promote(store, "a").promoted and promote(store, "b", allow_regression=True).promoted
+    store.put("runs/a/model.keras", zoo[3].data)
+    before = production_bytes(store)
+    with pytest.raises(DamagedRegistry, match="runs/a/model.keras .* was recorded when it was stored"):
+        registry.rollback(store, min_accuracy=MIN)
+    assert production_bytes(store) == before
+
+
+def test_rollback_applies_the_threshold_to_what_the_model_scores(store, runs):
+    assert promote(store, "b").promoted and promote(store, "a").promoted
+    result = registry.rollback(store, min_accuracy=0.99)
+    assert not result.promoted and result.reason.startswith("rollback blocked: b scores 0.")
+    assert registry.read_production(store)[0].run_id == "a"
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b"{not json", "not JSON"),
+    (b"{}", "run_id: Field required"),
+    (b"null", "Input should be a valid dictionary"),
+    (b'{"test_accuracy": 0.98}', "run_id: Field required"),
+    (None, "test_accuracy: Input should be a valid number"),  # a string accuracy
+])
+def test_a_damaged_production_json_is_one_line_and_never_overwritten(store, runs, content, problem):
+    assert promote(store, "b").promoted
+    if content is None:
+        current = json.loads(production_bytes(store))
+        content = json.dumps(dict(current, test_accuracy="0.98")).encode()
+    store.put(registry.PRODUCTION_KEY, content)
+    with pytest.raises(DamagedRegistry) as err:
+        promote(store, "a")
+    message = str(err.value)
+    assert message.startswith("registry/production.json is damaged: ") and problem in message
+    assert "\n" not in message and production_bytes(store) == content
+    with pytest.raises(DamagedRegistry):
+        registry.rollback(store, min_accuracy=MIN)
+    assert production_bytes(store) == content
+    forced = promote(store, "a", force=True)
+    assert forced.promoted
+    kept = registry.read_history(store)[-1]["replaced_damaged_production"]
+    assert __import__("base64").b64decode(kept["base64"]) == content
+
+
+def test_a_damaged_history_record_is_named(store, runs):
+    assert promote(store, "a").promoted
+    key = registry.history_keys(store)[-1]
+    store.put(key, b"{broken")
+    with pytest.raises(DamagedRegistry, match=f"{key} is damaged: not JSON"):
+        registry.read_history(store)
+    store.put(key, json.dumps({"run_id": "a"}).encode())
+    with pytest.raises(DamagedRegistry, match=f"{key} is damaged: decision: Field required"):
+        registry.read_history(store)
+
+
+def test_incomplete_runs_are_refused(store, runs):
+    store.delete("runs/c/manifest.json")
+    with pytest.raises(RegistryError, match="run c is incomplete: it has no manifest"):
+        registry.stored_candidate(store, "c")
+    store.delete("runs/b/report.html")
+    with pytest.raises(RegistryError, match="run b is incomplete: runs/b/report.html is missing"):
+        registry.stored_candidate(store, "b")
+
+
+def test_promoting_the_production_run_applies_the_threshold_asked_for(store, runs):
+    assert promote(store, "a").promoted
+    again = promote(store, "a")
     assert again.promoted and again.already and again.history_key is None
-    assert len(registry.read_history(store)) == 1
+    strict = promote(store, "a", min_accuracy=0.99)
+    assert not strict.promoted and "is already in production, but 0.8" in strict.reason
+    assert [r["decision"] for r in registry.read_history(store) if r["source"] == "cli"] == ["promoted"]
 
 
-def test_a_stale_etag_is_refused_and_the_loser_decides_again(store, tiny_model_bytes, monkeypatch):
-    add_run(store, "champ", 0.99, tiny_model_bytes)
-    add_run(store, "late", 0.975, tiny_model_bytes)
-    assert promote(store, "champ", 0.99).promoted
-    real_read = registry.read_production
-    calls = []
+class FailingHistoryWrites:
+    """The store, except that history records cannot be written (a disk filling up right after
+    the promotion)."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def put_if_absent(self, key, data, content_type="application/json"):
+        if key.startswith(registry.HISTORY_PREFIX):
+            raise StoreError(f"cannot create {key} in the store: No space left on device")
+        return self._store.put_if_absent(key, data, content_type)
+
+
+def test_a_failure_after_the_promotion_is_reported_as_what_it_is(store, runs):
+    result = promote(FailingHistoryWrites(store), "a")
+    assert result.promoted and result.history_key is None
+    assert result.warnings and "production changed, but its history record" in result.warnings[0]
+    current, _ = registry.read_production(store)
+    assert current.run_id == "a" and not store.exists(current.history_key)
+    # the retry (or the next promotion attempt of this run) writes the missing record, once
+    again = promote(store, "a")
+    assert again.already and again.history_key == current.history_key and store.exists(current.history_key)
+
+
+def test_a_stale_etag_is_refused_and_the_loser_decides_again(store, runs, monkeypatch):
+    assert promote(store, "b").promoted
+    real_read = registry.read_production_raw
+    raced = []
 
     def read_then_race(st):
-        current, etag = real_read(st)
-        if not calls:  # between our read and our write, another promotion lands
-            calls.append(1)
-            st.put_if_match(registry.PRODUCTION_KEY, json.dumps(dict(current, run_id="other", test_accuracy=0.995)).encode(), etag)
-        return current, etag
+        data, etag = real_read(st)
+        if not raced:  # between our read and our write, another promotion lands
+            raced.append(1)
+            body = dict(json.loads(data), run_id="a", model_key="runs/a/model.keras",
+                        model_sha256=registry.sha256(st.get("runs/a/model.keras")))
+            st.put_if_match(registry.PRODUCTION_KEY, json.dumps(body).encode(), etag)
+        return data, etag
 
-    monkeypatch.setattr(registry, "read_production", read_then_race)
-    result = promote(store, "late", 0.975, allow_regression=True)
-    # its first write carried a stale ETag and was refused; re-decided, it still passes on purpose
-    assert result.promoted and result.production["previous_run_id"] == "other"
-
-
-def test_the_gate_rechecks_the_champion_after_a_lost_race(store, tiny_model_bytes, monkeypatch):
-    add_run(store, "cand", 0.975, tiny_model_bytes)
-    real_read = registry.read_production
-    state = {"raced": False}
-
-    def read_then_race(st):
-        current, etag = real_read(st)
-        if not state["raced"]:
-            state["raced"] = True
-            st.put_if_absent(registry.PRODUCTION_KEY, json.dumps({"run_id": "better", "test_accuracy": 0.995}).encode())
-        return current, etag
-
-    monkeypatch.setattr(registry, "read_production", read_then_race)
-    result = promote(store, "cand", 0.975)
-    assert not result.promoted and "below production better" in result.reason
-    assert real_read(store)[0]["run_id"] == "better"
+    monkeypatch.setattr(registry, "read_production_raw", read_then_race)
+    result = promote(store, "c", allow_regression=True)
+    assert result.promoted and result.production["previous_run_id"] == "a"
 
 
-def test_concurrent_promotions_leave_one_winner_and_a_truthful_history(store, tiny_model_bytes):
-    for i in range(4):
-        add_run(store, f"c{i}", 0.975 + i * 0.001, tiny_model_bytes)
+def test_concurrent_promotions_leave_one_winner_and_a_truthful_history(store, runs):
+    candidates = {name: registry.stored_candidate(store, name) for name in "abc"}
     results = {}
 
-    def go(i):
-        results[i] = promote(store, f"c{i}", 0.975 + i * 0.001)
+    def go(name):
+        results[name] = registry.promote(store, candidates[name], min_accuracy=MIN, allow_regression=True)
 
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=go, args=(name,)) for name in "abc"]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    prod, _ = registry.read_production(store)
-    promoted = {f"c{i}" for i, r in results.items() if r.promoted}
-    assert prod["run_id"] in promoted
-    history = registry.read_history(store)
-    assert sorted(r["run_id"] for r in history) == [f"c{i}" for i in range(4)]
-    assert {r["run_id"] for r in history if r["decision"] == "promoted"} == promoted
-    assert_promotions_chain([r for r in history if r["decision"] == "promoted"], prod["run_id"])
+    current, _ = registry.read_production(store)
+    promoted = {name for name, r in results.items() if r.promoted}
+    assert current.run_id in promoted
+    history = [r for r in registry.read_history(store) if r["source"] == "cli"]
+    assert sorted(r["run_id"] for r in history) == ["a", "b", "c"]
+    assert_promotions_chain([r for r in history if r["decision"] == "promoted"], current.run_id)
 
 
-def test_a_model_that_does_not_load_is_never_promoted(store):
+def test_a_model_that_does_not_load_is_never_promoted(store, runs):
+    candidate = registry.Candidate("bad", registry.sha256(b"not a zip"), 0.99)
     store.put("runs/bad/model.keras", b"not a zip")
     with pytest.raises(UnsafeModel):
-        promote(store, "bad", 0.99)
+        registry.promote(store, candidate, min_accuracy=MIN)
     assert registry.read_production(store) == (None, None)
 
 
-def test_a_lambda_layer_is_refused_by_safe_mode(store):
+def test_a_lambda_layer_is_refused_by_safe_mode(store, runs):
     import keras
 
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x * 2)])
-    store.put("runs/evil/model.keras", model_to_bytes(model))
+    data = model_to_bytes(keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x * 2)]))
+    store.put("runs/evil/model.keras", data)
     with pytest.raises(UnsafeModel, match="arbitrary code"):
-        promote(store, "evil", 0.99)
+        registry.promote(store, registry.Candidate("evil", registry.sha256(data), 0.99), min_accuracy=MIN)
     assert registry.read_production(store) == (None, None)
-
-
-def test_rollback_walks_back_the_chain(store, tiny_model_bytes):
-    for run_id, acc in (("a", 0.975), ("b", 0.98), ("c", 0.985)):
-        add_run(store, run_id, acc, tiny_model_bytes)
-        assert promote(store, run_id, acc).promoted
-    first = registry.rollback(store, min_accuracy=0.97, note="c misbehaves")
-    assert first.promoted and registry.read_production(store)[0]["run_id"] == "b"
-    second = registry.rollback(store, min_accuracy=0.97)
-    assert second.promoted and registry.read_production(store)[0]["run_id"] == "a"
-    with pytest.raises(registry.RegistryError, match="no earlier production model"):
-        registry.rollback(store, min_accuracy=0.97)
-    assert [r["decision"] for r in registry.read_history(store)][-2:] == ["rollback", "rollback"]

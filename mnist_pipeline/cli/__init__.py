@@ -1,0 +1,78 @@
+"""`mnist-pipeline`: review stored runs, manage the production model, use it.
+
+Exit status: 0 done; 1 an error (one line on stderr, never a traceback); 2 bad arguments;
+3 a promotion or rollback refused by the gate (production unchanged). `verify` exits 1 when it
+finds problems, one line each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+# Typer 0.29 vendors its own copy of click: its exceptions are not `click`'s.
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+from mnist_pipeline.cli import review, manage, use  # noqa: I001 (the order of --help)
+from mnist_pipeline.cli.common import app, err
+from mnist_pipeline.errors import PipelineError
+
+__all__ = ["app", "main", "manage", "review", "use"]
+
+
+class _WarningLines(logging.Handler):
+    """Warnings from the store (retries) and the listings (foreign objects) as `warning: ...`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"warning: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("mnist_pipeline")
+    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+        logger.addHandler(_WarningLines(logging.WARNING))
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
+def _one_line(message: str) -> None:
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: every way out is one line and an exit status, never a traceback
+    (MNIST_DEBUG=1 shows the traceback of an unexpected error)."""
+    _setup_logging()
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="mnist-pipeline", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except NoArgsIsHelpError as exc:
+        err.print(exc.ctx.get_help() if exc.ctx else exc.format_message(), markup=False, highlight=False)
+        return 2
+    except UsageError as exc:
+        name = exc.ctx.command_path if exc.ctx else "mnist-pipeline"
+        _one_line(f"{exc.format_message()} (see `{name} --help`)")
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        _one_line("interrupted")
+        return 130
+    except ClickException as exc:
+        _one_line(exc.format_message())
+        return exc.exit_code
+    except PipelineError as exc:
+        _one_line(str(exc))
+        return 1
+    except Exception as exc:
+        if os.environ.get("MNIST_DEBUG"):
+            raise
+        _one_line(f"unexpected {type(exc).__name__}: {exc} (MNIST_DEBUG=1 shows where)")
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())

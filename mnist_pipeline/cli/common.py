@@ -1,0 +1,100 @@
+"""What the commands share: the Typer app, the consoles, tables that survive a pipe, times."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from datetime import datetime, timezone
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mnist_pipeline.settings import Settings, load_settings
+from mnist_pipeline.store import ArtifactStore, open_store
+
+app = typer.Typer(help="Review stored MNIST runs, manage the production model, and use it.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode=None)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+EXIT_BLOCKED = 3
+
+
+@app.callback()
+def _main() -> None:
+    """Settings come from the environment (MNIST_STORE_URL, AWS_*): see the README."""
+
+
+def settings_and_store() -> tuple[Settings, ArtifactStore]:
+    settings = load_settings()
+    return settings, open_store(settings)
+
+
+def iso(moment: datetime | str | None) -> str:
+    """2026-11-25T13:38:38Z: one unambiguous form everywhere."""
+    if moment is None or moment == "":
+        return "-"
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return moment
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def say(text: str) -> None:
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def warn(text: str) -> None:
+    err.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]], right: set[str] = frozenset()) -> None:
+    """A rich table on a terminal; plain tab-separated lines with a header when piped, so ids
+    and times are never cut and `cut`/`awk` work."""
+    if not out.is_terminal:
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(row))
+        return
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """TensorFlow writes its start-up lines (oneDNN, CPU features) straight to file descriptor 2,
+    below Python's logging: hide them while it loads, keep our own one-line errors."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's buffer)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def load_keras_quietly() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with quiet_stderr():
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")

@@ -1,0 +1,101 @@
+"""Manage: promote, rollback, verify, gc."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from mnist_pipeline import audit, registry, retention
+from mnist_pipeline.cli.common import EXIT_BLOCKED, app, err, load_keras_quietly, say, settings_and_store, warn
+from mnist_pipeline.runs import resolve_run
+
+REASON = typer.Option("", "--reason", help="Why: recorded in the history.")
+MIN_ACCURACY = typer.Option(None, "--min-accuracy", min=0.0, max=1.0, help="Threshold. Default: MNIST_MIN_ACCURACY.")
+
+
+def _decision_exit(result: registry.PromotionResult, verb: str) -> None:
+    for warning in result.warnings:
+        warn(warning)
+    if result.promoted:
+        say(f"{verb}: {result.production['run_id']} is in production ({result.reason})")
+        return
+    err.print(result.reason, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BLOCKED)
+
+
+@app.command()
+def promote(
+    run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+    reason: str = REASON,
+    min_accuracy: Optional[float] = MIN_ACCURACY,
+    max_regression: float = typer.Option(0.005, min=0.0, max=1.0),
+    allow_regression: bool = typer.Option(False, "--allow-regression"),
+    force: bool = typer.Option(False, "--force", help="Replace a damaged production.json or production "
+                               "model (its bytes are kept in the history record); the threshold still applies."),
+) -> None:
+    """Put a finished run's model in production, through the same gate as the flow. Its accuracy
+    is measured again on the test set: no file's word is taken for it."""
+    settings, store = settings_and_store()
+    run_id = resolve_run(store, run)
+    load_keras_quietly()
+    candidate = registry.stored_candidate(store, run_id)
+    result = registry.promote(
+        store, candidate, min_accuracy=settings.min_accuracy if min_accuracy is None else min_accuracy,
+        max_regression=max_regression, allow_regression=allow_regression, note=reason, force=force)
+    _decision_exit(result, "promoted")
+
+
+@app.command()
+def rollback(reason: str = REASON, min_accuracy: Optional[float] = MIN_ACCURACY) -> None:
+    """Put back the model that was in production before the current one was promoted (never one
+    that was rolled back). Its hash, a safe-mode load and the threshold are checked first."""
+    settings, store = settings_and_store()
+    load_keras_quietly()
+    result = registry.rollback(store, min_accuracy=settings.min_accuracy if min_accuracy is None else min_accuracy,
+                               note=reason)
+    _decision_exit(result, "rolled back")
+
+
+@app.command()
+def verify(deep: bool = typer.Option(False, "--deep", help="Hash every file, not only the small ones and "
+                                     "the models production and rollback rely on.")) -> None:
+    """Audit the store: exit 0 when clean, 1 with one line per problem."""
+    _, store = settings_and_store()
+    load_keras_quietly()
+    result = audit.verify(store, deep=deep)
+    checked = ", ".join(f"{n:,} {what}" for what, n in result.checked.items()) or "an empty store"
+    for problem in result.problems:
+        say(problem)
+    if result.problems:
+        err.print(f"{len(result.problems)} problem(s) in {store.url} (checked {checked})", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(1)
+    say(f"ok: {store.url} is consistent (checked {checked})")
+
+
+@app.command()
+def gc(
+    keep_last: int = typer.Option(..., "--keep-last", min=1, help="Keep every file of the newest N runs."),
+    keep_days: Optional[float] = typer.Option(None, "--keep-days", min=0.0, help="Also keep runs younger than D days."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be deleted; delete nothing."),
+) -> None:
+    """Delete the heavy files (model, predictions, plots) of older runs. Never production, a model
+    rollback can return to, a manifest, metrics, a report or a history record."""
+    _, store = settings_and_store()
+    todo = retention.plan(store, keep_last, keep_days)
+    if todo.models_kept:
+        warn("nothing is in production, so no model is deleted (any of them may still be promoted)")
+    if dry_run:
+        for files in todo.collect.values():
+            for info in files:
+                say(f"would delete {info.key} ({info.size:,} bytes)")
+        say(f"dry run: {sum(map(len, todo.collect.values()))} files of {len(todo.collect)} runs, "
+            f"{todo.bytes / 2**20:.1f} MB would be freed; nothing was deleted")
+        return
+    deleted, freed = retention.collect(store, todo, actor=registry.default_actor(), echo=say)
+    stale = store.clean_stale_temp()
+    for key in stale:
+        say(f"deleted {key} (a stale temporary file)")
+    say(f"deleted {deleted} files of {len(todo.collect)} runs, {freed / 2**20:.1f} MB freed"
+        f"{f'; {len(stale)} stale temporary files' if stale else ''}")

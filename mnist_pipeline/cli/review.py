@@ -1,0 +1,155 @@
+"""Review: runs, history, report, compare."""
+
+from __future__ import annotations
+
+import json
+import webbrowser
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mnist_pipeline import registry
+from mnist_pipeline.cli.common import app, iso, out, print_table, say, settings_and_store, warn
+from mnist_pipeline.comparison import compare_predictions, stored_predictions
+from mnist_pipeline.dataset import load_test_labels
+from mnist_pipeline.errors import NotFoundInStore, PipelineError
+from mnist_pipeline.runs import newest_runs, no_runs_error, resolve_run
+
+LIMIT = typer.Option(20, "--limit", "-n", min=1, help="How many, newest first.")
+ALL = typer.Option(False, "--all", help="Everything, not just the newest page.")
+JSON = typer.Option(False, "--json", help="JSON instead of a table (full ids, ISO times).")
+
+
+def _acc(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def _more(shown: int, total: int, what: str) -> None:
+    if shown < total:
+        warn(f"showing the newest {shown} of {total:,} {what}; --limit N or --all for more")
+
+
+@app.command()
+def runs(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> None:
+    """The stored runs, newest first, and which one is in production."""
+    _, store = settings_and_store()
+    summaries, total = newest_runs(store, None if show_all else limit)
+    if not summaries:
+        raise no_runs_error(store)
+    if as_json:
+        out.print_json(json.dumps([s.to_json() for s in summaries]))
+        return
+    rows = [[s.run_id, iso(s.started_at or s.time), s.model or "-", str(s.epochs or "-"), _acc(s.test_accuracy),
+             s.decision, "*" if s.production else ""] for s in summaries]
+    print_table(f"Runs in {store.url}", ["run id", "started (UTC)", "model", "epochs", "test acc", "gate", "prod"],
+                rows, right={"epochs", "test acc"})
+    _more(len(summaries), total, "runs")
+
+
+@app.command()
+def history(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> None:
+    """Promotion decisions (promoted, blocked, rollback), newest first, with who and why."""
+    _, store = settings_and_store()
+    keys = registry.history_keys(store)
+    page = keys if show_all else keys[-limit:]
+    records = [dict(registry.read_history_record(store, k).model_dump(), key=k) for k in reversed(page)]
+    if as_json:
+        out.print_json(json.dumps(records))
+        return
+    if not records:
+        say(f"no decisions recorded in {store.url} yet")
+        return
+    rows = []
+    for r in records:
+        why = r.get("reason", "") + (f" ({r['note']})" if r.get("note") else "")
+        rows.append([iso(registry.history_key_time(r["key"])), r["decision"], r["run_id"], _acc(r.get("test_accuracy")),
+                     r.get("actor", ""), why])
+    print_table("Promotion history", ["when (UTC)", "decision", "run id", "test acc", "by", "why"], rows,
+                right={"test acc"})
+    _more(len(records), len(keys), "decisions")
+
+
+def _report_target(output: Optional[Path], run_id: str) -> Path:
+    name = f"report-{run_id}.html"
+    if output is None:
+        return Path(name)
+    if output.is_dir():
+        return output / name
+    if not output.parent.is_dir():
+        raise PipelineError(f"cannot write {output}: the folder {output.parent} does not exist")
+    return output
+
+
+@app.command()
+def report(
+    run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File or folder to save report.html to."),
+    open_it: bool = typer.Option(False, "--open", help="Open the saved report in a browser."),
+    url: bool = typer.Option(False, "--url", help="Print a link instead (presigned on S3)."),
+    expires: int = typer.Option(3600, "--expires", min=60, max=7 * 24 * 3600, help="Link lifetime, seconds."),
+) -> None:
+    """Save a run's report.html (and open it), or print a link to it."""
+    _, store = settings_and_store()
+    run_id = resolve_run(store, run)
+    key = f"runs/{run_id}/report.html"
+    if not store.exists(key):
+        raise PipelineError(f"run {run_id} has no report.html (the run did not finish)")
+    if url:
+        link = store.link(key, expires)
+        say(link or store.location(key))
+        if link is None:
+            warn("a folder store has no web link: that is the file's path")
+        elif store.url.startswith("s3://"):
+            warn(f"the link expires in {expires} s")
+        return
+    target = _report_target(output, run_id)
+    try:
+        target.write_bytes(store.get(key))
+    except OSError as exc:
+        raise PipelineError(f"cannot write {target}: {exc.strerror}") from None
+    say(f"saved {target}")
+    if open_it and not webbrowser.open(target.resolve().as_uri()):
+        warn(f"no browser could be opened here; the report is at {target.resolve()}")
+
+
+def _param_rows(ma: dict, mb: dict) -> list[list[str]]:
+    pa, pb = ma.get("parameters") or {}, mb.get("parameters") or {}
+    rows = []
+    for name in sorted(set(pa) | set(pb)):
+        a, b = pa.get(name), pb.get(name)
+        if name == "min_accuracy":  # None means "the default": show the threshold that applied
+            name, a, b = "threshold applied", _acc(ma.get("min_accuracy")), _acc(mb.get("min_accuracy"))
+        rows.append([name, str(a), str(b), "" if a == b else "differs"])
+    return rows
+
+
+@app.command()
+def compare(run_a: str = typer.Argument(...), run_b: str = typer.Argument(...)) -> None:
+    """Two runs side by side (differences marked, B minus A), and McNemar's exact test of their
+    accuracy difference on the same 10,000 test images."""
+    _, store = settings_and_store()
+    a, b = resolve_run(store, run_a), resolve_run(store, run_b)
+    ma, mb = (_manifest(store, r) for r in (a, b))
+    c = compare_predictions(load_test_labels(store), stored_predictions(store, a), stored_predictions(store, b))
+    delta = c["accuracy_b"] - c["accuracy_a"]
+    rows = _param_rows(ma, mb) + [
+        ["test accuracy", _acc(c["accuracy_a"]), _acc(c["accuracy_b"]), f"{delta:+.4f}" if delta else ""],
+        ["test errors", str(round((1 - c["accuracy_a"]) * 10000)), str(round((1 - c["accuracy_b"]) * 10000)),
+         f"{round(-delta * 10000):+d}" if delta else ""]]
+    for digit, (ra, rb) in enumerate(zip(c["recall_a"], c["recall_b"])):
+        rows.append([f"recall of {digit}", _acc(ra), _acc(rb), f"{rb - ra:+.4f}" if rb != ra else ""])
+    print_table("Comparison", ["", a, b, "B - A"], rows, right={a, b, "B - A"})
+    significance = "significant" if c["mcnemar_p"] < 0.05 else "not significant"
+    say(f"right only by {a[:8]}: {c['only_a_right']}; right only by {b[:8]}: {c['only_b_right']}; "
+        f"McNemar exact p = {c['mcnemar_p']:.4g} ({significance} at 0.05)")
+
+
+def _manifest(store, run_id: str) -> dict:
+    try:
+        value = json.loads(store.get(registry.manifest_key(run_id)))
+    except NotFoundInStore:
+        return {}
+    except ValueError:
+        raise PipelineError(f"{registry.manifest_key(run_id)} is not JSON; `mnist-pipeline verify` checks it") from None
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,163 @@
+"""Finding runs in the store, newest first, at a cost that does not grow with their number.
+
+The index is the registry's history: its keys sort in time order and name the run
+(`registry/history/<UTC time>-<run_id>.json`), and a run's first record is its own flow's
+decision, carrying a summary (started, model, epochs, accuracy). So the newest page of runs is
+two listings (run folders, history keys) plus one GET per run shown. Nothing is the only truth:
+a run folder without a history record (a run that never reached its decision, a restored or
+synthetic run) still shows, read from its manifest or its files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from mnist_pipeline import registry
+from mnist_pipeline.errors import NotFoundInStore, PipelineError
+from mnist_pipeline.store import ArtifactStore
+
+log = logging.getLogger("mnist_pipeline.runs")
+RUNS_PREFIX = "runs/"
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    time: datetime  # when it was decided (or last written, for a run that was not)
+    started_at: str | None = None
+    model: str | None = None
+    epochs: int | None = None
+    test_accuracy: float | None = None
+    decision: str = "incomplete"  # promoted | blocked | incomplete
+    reason: str = ""
+    production: bool = False
+
+    def to_json(self) -> dict:
+        return dict(asdict(self), time=self.time.isoformat())
+
+
+def valid_run_id(name: str) -> bool:
+    return bool(registry.RUN_ID.match(name))
+
+
+def run_folders(store: ArtifactStore, prefix: str = "") -> list[str]:
+    """Run ids under runs/ (optionally starting with `prefix`); foreign names are skipped with a
+    warning (a key like runs/../x, written by something else)."""
+    names = store.list_children(RUNS_PREFIX + prefix)
+    for bad in (n for n in names if not valid_run_id(n)):
+        log.warning("skipped %s%s/: not a run id", RUNS_PREFIX, bad)
+    return [n for n in names if valid_run_id(n)]
+
+
+def no_runs_error(store: ArtifactStore) -> PipelineError:
+    return PipelineError(f"no runs in {store.url} yet; run `python flows/train_flow.py` first")
+
+
+def resolve_run(store: ArtifactStore, prefix: str) -> str:
+    """A run id, or a unique prefix of one (like git): one listing of the matching folders."""
+    if not valid_run_id(prefix):
+        raise PipelineError(f"{prefix!r} is not a run id; list runs with `mnist-pipeline runs`")
+    matches = run_folders(store, prefix)
+    if prefix in matches:
+        return prefix
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        if not run_folders(store):
+            raise no_runs_error(store)
+        raise PipelineError(f"run {prefix!r} not found in {store.url}; list runs with `mnist-pipeline runs`")
+    raise PipelineError(f"run prefix {prefix!r} is ambiguous ({len(matches)} runs); give more characters")
+
+
+def _json(store: ArtifactStore, key: str) -> dict | None:
+    try:
+        value = json.loads(store.get(key))
+    except NotFoundInStore:
+        return None
+    except ValueError:
+        log.warning("skipped %s: not JSON", key)
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parse_time(text: object) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _from_manifest(run_id: str, manifest: dict, summary: RunSummary) -> RunSummary:
+    params = manifest.get("parameters") or {}
+    gate = manifest.get("gate") or {}
+    summary.started_at = summary.started_at or manifest.get("started_at")
+    summary.model = summary.model or params.get("model")
+    summary.epochs = summary.epochs or params.get("epochs")
+    if summary.test_accuracy is None:
+        summary.test_accuracy = manifest.get("test_accuracy")
+    if summary.decision == "incomplete" and gate:
+        summary.decision = "promoted" if gate.get("promoted") else "blocked"
+        summary.reason = gate.get("reason", "")
+    return summary
+
+
+def _indexed_summary(store: ArtifactStore, run_id: str, key: str) -> RunSummary:
+    record = registry.read_history_record(store, key)
+    run = getattr(record, "run", None) or {}
+    summary = RunSummary(run_id, registry.history_key_time(key) or datetime.min.replace(tzinfo=timezone.utc),
+                         run.get("started_at"), run.get("model"), run.get("epochs"), record.test_accuracy,
+                         "promoted" if record.decision == "promoted" else "blocked", record.reason)
+    if not run:  # a record made outside the flow (or before summaries): the manifest has the rest
+        _from_manifest(run_id, _json(store, registry.manifest_key(run_id)) or {}, summary)
+    return summary
+
+
+def _unindexed_summary(store: ArtifactStore, run_id: str) -> RunSummary | None:
+    """A run folder the history does not know: read its manifest, else its files' times."""
+    manifest = _json(store, registry.manifest_key(run_id))
+    if manifest is not None:
+        moment = _parse_time(manifest.get("finished_at") or manifest.get("started_at"))
+        if moment:
+            return _from_manifest(run_id, manifest, RunSummary(run_id, moment))
+    files = store.list_objects(f"{RUNS_PREFIX}{run_id}/")
+    if not files:
+        log.warning("skipped %s%s/: no run files in it", RUNS_PREFIX, run_id)
+        return None
+    summary = RunSummary(run_id, max(f.modified for f in files), reason="no manifest: the run did not finish")
+    return _from_manifest(run_id, manifest or {}, summary)
+
+
+def run_order(store: ArtifactStore) -> tuple[list[tuple[datetime, str, str | RunSummary]], int]:
+    """Every run as (time, run_id, its first history key, or its summary when the history does
+    not know it), newest first, and the number of run folders that were read one by one."""
+    folders = set(run_folders(store))
+    first_key: dict[str, str] = {}
+    for key in registry.history_keys(store):
+        run_id = registry.history_key_run_id(key)
+        if run_id in folders:
+            first_key.setdefault(run_id, key)
+    order = [(registry.history_key_time(k), r, k) for r, k in first_key.items()]
+    unindexed = sorted(folders - set(first_key))
+    for run_id in unindexed:
+        summary = _unindexed_summary(store, run_id)
+        if summary:
+            order.append((summary.time, run_id, summary))
+    order.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return order, len(unindexed)
+
+
+def newest_runs(store: ArtifactStore, limit: int | None) -> tuple[list[RunSummary], int]:
+    """The newest `limit` runs (all when None), newest first, and how many runs there are."""
+    order, _ = run_order(store)
+    page = order if limit is None else order[:limit]
+    production, _ = registry.read_production(store)
+    summaries = []
+    for _, run_id, key in page:
+        summary = _indexed_summary(store, run_id, key) if isinstance(key, str) else key
+        summary.production = bool(production and production.run_id == run_id)
+        summaries.append(summary)
+    return summaries, len(order)
