@@ -12,16 +12,16 @@ environment as the flow (MNIST_STORE_URL, AWS_*, MNIST_MIRRORS).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-
+from flows import plumbing  # noqa: F401  (first: the environment Prefect and TensorFlow read)
 from flows.train_flow import train_flow
 from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.params import parse_params
 from mnist_pipeline.settings import load_settings
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 DEPLOYMENT_NAME = "scheduled"
 DEFAULT_CRON = "0 2 * * *"  # nightly, 02:00 in --timezone
@@ -34,13 +34,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"cron schedule (default: $MNIST_CRON, else '{DEFAULT_CRON}')")
     p.add_argument("--timezone", default=os.environ.get("MNIST_TIMEZONE", "UTC"))
     p.add_argument("--name", default=DEPLOYMENT_NAME)
+    p.add_argument("--parameters", default=os.environ.get("MNIST_DEPLOYMENT_PARAMETERS", "{}"),
+                   help='the deployment\'s default run parameters as JSON, e.g. \'{"model": "cnn"}\' '
+                        "(default: $MNIST_DEPLOYMENT_PARAMETERS, else the flow's own defaults)")
     return p
+
+
+def deployment_parameters(text: str) -> dict:
+    """The JSON given, checked by the same parameter model as the UI's form and the command line."""
+    try:
+        given = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--parameters is not JSON: {exc}") from None
+    if not isinstance(given, dict):
+        raise ConfigError("--parameters must be a JSON object of run parameters")
+    parse_params(**given)
+    return given
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         load_settings()  # a bad environment is refused now, not at 02:00
+        parameters = deployment_parameters(args.parameters)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -57,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     train_flow.serve(
         name=args.name,
         schedule=schedule,
+        parameters=parameters,
         tags=TAGS,
         description="Nightly MNIST training; promotes only a model that passes the gate.",
         version=os.environ.get("MNIST_PIPELINE_VERSION"),

@@ -10,7 +10,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mnist_pipeline.tensors import as_tensor
+from mnist_pipeline.models import predict_probabilities
 
 
 @dataclass
@@ -44,13 +44,6 @@ def per_class_metrics(confusion: np.ndarray) -> dict[str, dict[str, float]]:
                    where=(precision + recall) > 0)
     return {str(c): {"precision": round(float(precision[c]), 5), "recall": round(float(recall[c]), 5),
                      "f1": round(float(f1[c]), 5), "support": int(support[c])} for c in range(10)}
-
-
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Forward passes in large batches, eagerly: `model.predict` would first trace a predict
-    function (about 95 MB of this process's peak memory here) to run ten batches."""
-    return np.concatenate([np.asarray(model(as_tensor(images[i:i + batch_size]), training=False))
-                           for i in range(0, len(images), batch_size)])
 
 
 def evaluate_model(model, x_test: np.ndarray, y_test: np.ndarray) -> Evaluation:

@@ -1,9 +1,14 @@
-"""gate and promote: decide against the threshold and the production model, then promote
-through the registry's conditional write."""
+"""preflight, gate and promote.
+
+preflight runs before anything else: the store must take a write, and the registry must be
+readable and its production model the bytes that were promoted; otherwise the run fails in
+seconds, not after training. gate decides against the threshold and the production model;
+promote writes production.json conditionally (decided again if production changed meanwhile).
+"""
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
@@ -13,22 +18,45 @@ from mnist_pipeline.retry import retry_if_transient
 from mnist_pipeline.store import ArtifactStore
 
 
+def preflight(store: ArtifactStore) -> registry.Production | None:
+    store.probe_writable()
+    production, _ = registry.read_production(store)
+    if production is not None:
+        registry.check_production_model(store, production)
+    return production
+
+
 def decide(store: ArtifactStore, accuracy: float, params: TrainParams, min_accuracy: float) -> registry.GateDecision:
     production, _ = registry.read_production(store)
-    return registry.gate(accuracy, min_accuracy, production, params.max_regression,
-                         params.allow_regression)
+    if production is not None:
+        registry.check_production_model(store, production)  # a champion must be what was promoted
+    return registry.gate(accuracy, min_accuracy, production, params.max_regression, params.allow_regression)
 
 
-@task(name="gate", cache_policy=NO_CACHE, retries=3,
-      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_if_transient)
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(store: ArtifactStore) -> registry.Production | None:
+    production = preflight(store)
+    get_run_logger().info("store %s is writable; production: %s", store.url,
+                          f"{production.run_id} ({production.test_accuracy:.4f})" if production else "none")
+    return production
+
+
+@task(name="gate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def gate_task(store: ArtifactStore, accuracy: float, params: TrainParams, min_accuracy: float) -> registry.GateDecision:
-    return decide(store, accuracy, params, min_accuracy)
+    decision = decide(store, accuracy, params, min_accuracy)
+    get_run_logger().info("gate: %s: %s", "promote" if decision.promote else "block", decision.reason)
+    return decision
 
 
-@task(name="promote", cache_policy=NO_CACHE, retries=3,
-      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_if_transient)
-def promote_task(store: ArtifactStore, run_id: str, accuracy: float, model_key: str,
-                 params: TrainParams, min_accuracy: float) -> registry.PromotionResult:
-    return registry.promote(store, run_id, accuracy, model_key, min_accuracy=min_accuracy,
-                            max_regression=params.max_regression,
-                            allow_regression=params.allow_regression, actor=f"flow-run:{run_id}")
+@task(name="promote", cache_policy=NO_CACHE, retries=1,
+      retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_condition_fn=retry_if_transient)
+def promote_task(store: ArtifactStore, candidate: registry.Candidate, params: TrainParams,
+                 min_accuracy: float, run_id: str, summary: dict) -> registry.PromotionResult:
+    result = registry.promote(store, candidate, min_accuracy=min_accuracy,
+                              max_regression=params.max_regression, allow_regression=params.allow_regression,
+                              actor=f"flow-run:{run_id}", source="flow", summary=summary)
+    log = get_run_logger()
+    log.info("promotion: %s: %s", "promoted" if result.promoted else "blocked", result.reason)
+    for warning in result.warnings:
+        log.warning(warning)
+    return result

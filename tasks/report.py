@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jinja2
 from prefect import task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mnist_pipeline.registry import GateDecision
@@ -203,42 +202,48 @@ def timing_rows(timings: dict) -> list[dict]:
     return rows
 
 
-def summary_markdown(run_id: str, params: dict, metrics: dict, decision: GateDecision,
-                     report_url: str) -> str:
-    low, high = metrics["test_accuracy_ci95"]
-    verdict = "**PROMOTED**" if decision.promote else "**NOT PROMOTED**"
-    return "\n".join([
-        f"# MNIST run `{run_id}`",
-        f"{verdict}: {decision.reason}",
-        "",
-        "| | |", "|---|---|",
-        f"| model | {params['model']}, {params['epochs']} epochs, batch {params['batch_size']} |",
-        f"| test accuracy | {metrics['test_accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) |",
-        f"| test loss | {metrics['test_loss']:.4f} |",
-        f"| errors | {metrics['test_errors']} / {metrics['test_samples']} |",
-        f"| threshold | {decision.min_accuracy:.3f} |",
-        f"| production before | {decision.production_run_id or 'none'} |",
-        "",
-        f"[Full report]({report_url})",
-    ])
+def comparison_input(comparison: dict | None, production_accuracy: float | None) -> dict | None:
+    """mnist_pipeline.comparison's dict (this run = a, production = b) in ReportInput's shape."""
+    if comparison is None:
+        return None
+    return {"production_run_id": comparison["production_run_id"],
+            "production_accuracy": production_accuracy if production_accuracy is not None else comparison["accuracy_b"],
+            "candidate_accuracy": comparison["accuracy_a"],
+            "only_candidate_right": comparison["only_a_right"], "only_production_right": comparison["only_b_right"],
+            "mcnemar_p": comparison["mcnemar_p"],
+            "per_class_recall": {str(c): {"production": b, "candidate": a}
+                                 for c, (a, b) in enumerate(zip(comparison["recall_a"], comparison["recall_b"]))}}
 
 
-def publish_artifacts(run_id: str, params: dict, metrics: dict, decision: GateDecision,
-                      report_url: str) -> None:
-    create_markdown_artifact(summary_markdown(run_id, params, metrics, decision, report_url),
-                             key="mnist-run-summary", description="Key numbers and gate decision")
-    rows = [{"digit": d, **m} for d, m in metrics["per_class"].items()]
-    create_table_artifact(rows, key="mnist-per-class-metrics", description="Per-class test metrics")
-    create_link_artifact(report_url, link_text=f"report.html of {run_id}", key="mnist-report",
-                         description="Self-contained HTML report (presigned URL on S3: expires)")
+def model_summary(model) -> tuple[str, int]:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines), int(model.count_params())
+
+
+def report_input(run_id: str, params, min_accuracy: float, profile: dict, evaluation, trained,
+                 decision: GateDecision, provenance: dict, plots: dict, comparison: dict | None) -> ReportInput:
+    summary, count = model_summary(trained.model)
+    return ReportInput(
+        run_id=run_id, params=params.model_dump(), profile=profile, metrics=evaluation.metrics,
+        history=trained.history,
+        training={"seconds": trained.train_seconds, "weights": trained.weights, "model_summary": summary,
+                  "parameters": count},
+        decision={"promoted": decision.promote, "reason": decision.reason, "min_accuracy": min_accuracy,
+                  "production_run_id": decision.production_run_id,
+                  "production_accuracy": decision.production_accuracy},
+        provenance=provenance, plots=plots,
+        comparison=comparison_input(comparison, decision.production_accuracy))
+
+
+@task(name="compare-with-production", cache_policy=NO_CACHE)
+def compare_task(store, production_run_id: str | None, y_test, y_pred) -> dict | None:
+    """This run against the production model on the same test images (None without one)."""
+    from mnist_pipeline.comparison import with_production
+
+    return with_production(store, production_run_id, y_test, y_pred) if production_run_id else None
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(run_id: str, params: dict, profile: dict, metrics: dict, training: dict,
-                decision: GateDecision, plots: dict[str, bytes]) -> bytes:
-    return render_report(run_id, params, profile, metrics, training, decision, plots)
-
-
-@task(name="publish-artifacts", cache_policy=NO_CACHE)
-def publish_task(run_id: str, params: dict, metrics: dict, decision: GateDecision, report_url: str) -> None:
-    publish_artifacts(run_id, params, metrics, decision, report_url)
+def report_task(inp: ReportInput) -> bytes:
+    return render_report(inp)

@@ -1,5 +1,7 @@
 """store artifacts: everything of a run under runs/<run_id>/ (the model is already there, stored
-once by train). The manifest is written last, so its presence means the run's files are whole."""
+once by train), then the manifest, which records every file's SHA-256, MD5 and size. The
+manifest is written after the files and before the promotion: its presence means the run's
+files are whole, and the promotion is the run's last decisive write."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from mnist_pipeline.retry import retry_if_transient
-from mnist_pipeline.store import ArtifactStore
+from mnist_pipeline.store import ArtifactStore, file_record
 from tasks.evaluate import Evaluation
 
 
@@ -20,37 +22,47 @@ def run_prefix(run_id: str) -> str:
     return f"runs/{run_id}/"
 
 
-def store_run_files(store: ArtifactStore, run_id: str, evaluation: Evaluation,
-                    plots: dict[str, bytes], report_html: bytes) -> list[str]:
-    prefix = run_prefix(run_id)
+def run_files(evaluation: Evaluation, plots: dict[str, bytes], report_html: bytes) -> dict[str, tuple[bytes, str]]:
+    """name -> (bytes, content type) of what a run stores besides its model."""
     buf = io.BytesIO()
     # What `mnist-pipeline compare` needs for McNemar's test: each test image's predicted class.
     np.save(buf, evaluation.y_pred, allow_pickle=False)
-    files = {
+    return {
         "metrics.json": (json.dumps(evaluation.metrics, indent=2).encode(), "application/json"),
         "predictions.npy": (buf.getvalue(), "application/octet-stream"),
         **{f"plots/{name}": (png, "image/png") for name, png in plots.items()},
         "report.html": (report_html, "text/html; charset=utf-8"),
     }
-    for name, (data, content_type) in files.items():
+
+
+def store_run_files(store: ArtifactStore, run_id: str, evaluation: Evaluation,
+                    plots: dict[str, bytes], report_html: bytes) -> dict[str, dict]:
+    """Write the files; key -> file_record (sha256, md5, bytes) for the manifest."""
+    prefix = run_prefix(run_id)
+    records = {}
+    for name, (data, content_type) in run_files(evaluation, plots, report_html).items():
         store.put(prefix + name, data, content_type)
-    return [prefix + name for name in files]
+        records[prefix + name] = file_record(data)
+    return records
 
 
 def store_manifest(store: ArtifactStore, run_id: str, manifest: dict) -> str:
-    key = run_prefix(run_id) + "manifest.json"
-    store.put(key, json.dumps(manifest, indent=2, default=str).encode(), "application/json")
-    return key
+    """Write the manifest; returns its SHA-256 (the registry's history records it)."""
+    body = json.dumps(manifest, indent=2, default=str).encode()
+    store.put(run_prefix(run_id) + "manifest.json", body, "application/json")
+    return file_record(body)["sha256"]
 
 
-_storage_retries = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+# One retry, soon: botocore has already retried within MNIST_DEADLINE_S, and the flow retries a
+# transient failure as a whole. Permanent ones (no space, read-only, refused) are not retried.
+_storage_retries = dict(retries=1, retry_delay_seconds=exponential_backoff(backoff_factor=3),
                         retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient,
                         cache_policy=NO_CACHE)
 
 
 @task(name="store-artifacts", **_storage_retries)
 def store_task(store: ArtifactStore, run_id: str, evaluation: Evaluation, plots: dict[str, bytes],
-               report_html: bytes) -> list[str]:
+               report_html: bytes) -> dict[str, dict]:
     return store_run_files(store, run_id, evaluation, plots, report_html)
 
 

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from mnist_pipeline.errors import TrainingDiverged
 from mnist_pipeline.models import model_from_bytes, model_to_bytes
 from mnist_pipeline.params import TrainParams
-from mnist_pipeline.store import ArtifactStore
+from mnist_pipeline.store import ArtifactStore, file_record
 from mnist_pipeline.tensors import as_tensor
 from tasks.normalize import Splits
 
@@ -27,6 +27,7 @@ class TrainResult:
     history: dict[str, list[float]]
     train_seconds: float
     model_key: str
+    model_file: dict  # sha256/md5/bytes of what was stored: promotion and every later use check it
     weights: str  # which weights the model holds, for the report and the manifest
     reused: bool = False
 
@@ -112,11 +113,13 @@ def train_model(data: Splits, params: TrainParams, store: ArtifactStore, run_id:
                 on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
     model_key, history_key = f"runs/{run_id}/model.keras", f"runs/{run_id}/history.json"
     if store.exists(model_key) and store.exists(history_key):
-        # A retried flow run: the model of an earlier attempt is whole (writes are atomic); reuse it.
+        # A retried flow run: the model of an earlier attempt is whole (writes are atomic); reuse it,
+        # if its bytes are still the ones recorded when it was stored.
         saved = json.loads(store.get(history_key))
-        model = model_from_bytes(store.get(model_key), model_key)
-        return TrainResult(model, saved["history"], saved["train_seconds"], model_key,
-                           saved["weights"], reused=True)
+        data = store.get(model_key)
+        if file_record(data) == saved.get("model_file"):
+            return TrainResult(model_from_bytes(data, model_key), saved["history"], saved["train_seconds"],
+                               model_key, saved["model_file"], saved["weights"], reused=True)
 
     import keras
 
@@ -136,11 +139,14 @@ def train_model(data: Splits, params: TrainParams, store: ArtifactStore, run_id:
     if len(losses) < params.epochs or not all(math.isfinite(v) for v in losses):
         raise TrainingDiverged(f"training diverged: loss became NaN/inf at epoch {len(losses)}; "
                                "nothing was stored; lower learning_rate and rerun")
-    # Stored now, once: a retried run reuses it instead of training again.
-    store.put(model_key, model_to_bytes(model), "application/zip")
-    store.put(history_key, json.dumps({"history": history, "train_seconds": seconds,
-                                       "weights": weights}).encode(), "application/json")
-    return TrainResult(model, history, seconds, model_key, weights)
+    # Stored now, once: a retried run reuses it instead of training again. Its SHA-256 is
+    # recorded with it: every later use of these bytes (promotion, rollback, predict) checks it.
+    data = model_to_bytes(model)
+    record = file_record(data)
+    store.put(model_key, data, "application/zip")
+    store.put(history_key, json.dumps({"history": history, "train_seconds": seconds, "weights": weights,
+                                       "model_file": record}).encode(), "application/json")
+    return TrainResult(model, history, seconds, model_key, record, weights)
 
 
 @task(name="train", cache_policy=NO_CACHE)

@@ -1,13 +1,18 @@
-"""The deployment against a real `prefect server start` on 127.0.0.1 (SQLite, analytics off) and
-moto S3: registered with its cron schedule and parameter schema, a run created through the API
-as the UI's Run button does, executed by the serving process, its report and model in S3."""
+"""The served deployment against a real `prefect server start` on 127.0.0.1 (SQLite, analytics
+off, a login required as in compose) and moto S3: the schedule fires and the run the scheduler
+created completes; decided runs are named Promoted / Blocked; their events are in the server's
+feed; a blocked run's notification reaches an HTTP receiver; the report link downloads."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -17,8 +22,10 @@ from mnist_pipeline import registry
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
 from tests.conftest import REPO, free_port
+from tests.test_publish import Receiver
 
 pytestmark = pytest.mark.slow
+AUTH = f"admin:{uuid.uuid4().hex}"
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
@@ -31,41 +38,63 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise TimeoutError(f"{what} not within {timeout} s")
 
 
+def api_request(api: str, path: str, body: dict | None = None, auth: str | None = AUTH):
+    request = urllib.request.Request(api + path, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     port = free_port()
     home = tmp_path_factory.mktemp("prefect-server-home")
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_API_URL="")
-    log = open(home / "server.log", "w")
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_API_URL="",
+               PREFECT_SERVER_API_AUTH_STRING=AUTH, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+    log_path = home / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port)], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     api = f"http://127.0.0.1:{port}/api"
 
     def healthy():
         try:
             return urllib.request.urlopen(api + "/health", timeout=2).status == 200
         except OSError:
-            assert proc.poll() is None, (home / "server.log").read_text()[-3000:]
+            assert proc.poll() is None, log_path.read_text()[-3000:]
             return False
 
     wait_for(healthy, 120, "prefect server health")
-    yield api
+    yield api, log_path
     proc.terminate()
     proc.wait(30)
 
 
 @pytest.fixture(scope="module")
-def served(prefect_server, moto_server, mnist_mirror, tmp_path_factory):
-    env = dict(os.environ, PREFECT_API_URL=prefect_server, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_HOME=str(tmp_path_factory.mktemp("serve-home")),
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def served(prefect_server, moto_server, mnist_mirror, receiver, tmp_path_factory):
+    api, _ = prefect_server
+    env = dict(os.environ, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=AUTH, PREFECT_RUNNER_POLL_FREQUENCY="2",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(tmp_path_factory.mktemp("serve-home")),
                MNIST_STORE_URL=f"s3://deploy-{uuid.uuid4().hex[:10]}", MNIST_MIRRORS=str(mnist_mirror),
                AWS_ENDPOINT_URL_S3=moto_server.endpoint, AWS_ACCESS_KEY_ID="deploy-key",
-               AWS_SECRET_ACCESS_KEY="deploy-secret", AWS_DEFAULT_REGION="us-east-1")
+               AWS_SECRET_ACCESS_KEY="deploy-secret-5e1f", AWS_DEFAULT_REGION="us-east-1",
+               # as a browser on the host reaches the endpoint (compose: http://localhost:9000)
+               MNIST_S3_PUBLIC_URL=moto_server.endpoint.replace("127.0.0.1", "localhost"),
+               MNIST_NOTIFY_URL=receiver.url)
+    env.pop("MNIST_MIN_ACCURACY", None)
     log_path = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "deployments/serve.py", "--cron", "30 3 * * *"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # every minute, so that the scheduler fires within the test; one epoch, so that it is quick
+    proc = subprocess.Popen([sys.executable, "deployments/serve.py", "--cron", "* * * * *",
+                             "--parameters", '{"epochs": 1, "min_accuracy": 0.9}'],
+                            cwd=REPO, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     yield env, log_path
     proc.terminate()
     proc.wait(30)
@@ -74,9 +103,9 @@ def served(prefect_server, moto_server, mnist_mirror, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(prefect_server):
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
+    with temporary_settings({PREFECT_API_URL: prefect_server[0], PREFECT_API_AUTH_STRING: AUTH}):
         with get_client(sync_client=True) as c:
             yield c
 
@@ -91,16 +120,106 @@ def deployment(served, client):
     return wait_for(registered, 120, "deployment registration")
 
 
-def test_deployment_has_its_schedule_limit_tags_and_parameter_form(deployment):
-    assert [s.schedule.cron for s in deployment.schedules] == ["30 3 * * *"]
-    assert all(s.active for s in deployment.schedules)
+def finished(client, run_id, timeout: float, log_path):
+    def final():
+        state = client.read_flow_run(run_id).state
+        return state if state and state.is_final() else None
+    try:
+        return wait_for(final, timeout, "the flow run", interval=2)
+    except TimeoutError:
+        pytest.fail("run did not finish; serve log:\n" + log_path.read_text()[-4000:])
+
+
+def store_for(env):
+    return open_store(load_settings(**{k: env[k] for k in (
+        "MNIST_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}))
+
+
+def test_the_api_and_ui_require_the_login(prefect_server):
+    api, _ = prefect_server
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        api_request(api, "/flows/filter", {}, auth=None)
+    assert refused.value.code == 401
+    assert isinstance(api_request(api, "/flows/filter", {}), list)
+
+
+def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client, served, prefect_server):
+    """Not "the cron is registered": a run the scheduler created (auto-scheduled), executed to
+    completion by the serving process, its report in S3. Then the schedule is paused."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+
+    env, log_path = served
+    assert [s.schedule.cron for s in deployment.schedules] == ["* * * * *"]
+
+    def deployment_runs():
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                                     flow_run_filter=FlowRunFilter())
+
+    def first_scheduled_run():  # the scheduler creates a few ahead: the earliest is the next to fire
+        created = sorted((r for r in deployment_runs() if r.auto_scheduled), key=lambda r: r.expected_start_time)
+        return created[0] if created else None
+
+    run = wait_for(first_scheduled_run, 90, "a run created by the scheduler", interval=2)
+    state = finished(client, run.id, 240, log_path)
+    client.pause_deployment(deployment.id)  # no more runs each minute for the other tests
+    for later in deployment_runs():
+        if later.state and later.state.is_scheduled():
+            client.delete_flow_run(later.id)
+    assert state.is_completed() and state.name == "Promoted", f"{state.name}: {state.message}"
+    assert state.message.startswith("0.9") and ">= 0.9000" in state.message
+    store = store_for(env)
+    assert store.exists(f"runs/{run.id}/report.html")
+    assert registry.read_production(store)[0].run_id == str(run.id)
+    server_log = prefect_server[1].read_text()
+    assert "Can't evaluate bulk DML" not in server_log and "Traceback" not in server_log, server_log[-3000:]
+
+
+def test_a_blocked_run_is_named_evented_and_notified(deployment, client, served, receiver, prefect_server):
+    env, log_path = served
+    run = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 1, "min_accuracy": 0.999})
+    state = finished(client, run.id, 300, log_path)
+    assert state.is_completed() and state.name == "Blocked"
+    assert state.message.startswith("promotion blocked: 0.9") and state.message.endswith("< 0.9990")
+    notes = wait_for(lambda: [m for m in receiver.received if str(run.id)[:8] in m["title"]], 30, "the notification")
+    assert notes[0]["title"] == f"mnist-pipeline: run {str(run.id)[:8]} blocked"
+    assert "< threshold 0.9990" in notes[0]["message"] and "Report: http://localhost:" in notes[0]["message"]
+    assert env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(receiver.received)
+
+    def events():
+        found = api_request(prefect_server[0], "/events/filter",
+                            {"filter": {"event": {"prefix": ["mnist."]}}, "limit": 50})["events"]
+        names = {e["event"] for e in found}
+        return found if {"mnist.model.promoted", "mnist.promotion.blocked"} <= names else None
+
+    found = wait_for(events, 30, "the events in the server's feed")
+    blocked = next(e for e in found if e["event"] == "mnist.promotion.blocked")
+    assert blocked["resource"]["prefect.resource.id"] == f"mnist.run.{run.id}"
+    assert blocked["payload"]["min_accuracy"] == 0.999 and blocked["payload"]["test_accuracy"] < 0.999
+    promoted = next(e for e in found if e["event"] == "mnist.model.promoted")
+    assert blocked["payload"]["production_run_id"] == promoted["payload"]["run_id"]
+
+
+def test_the_report_link_artifact_downloads_the_report(deployment, client, served):
+    env, _ = served
+    store = store_for(env)
+    production = registry.read_production(store)[0]
+    links = [a for a in client.read_artifacts() if a.key == "mnist-report" and str(a.flow_run_id) == production.run_id]
+    assert links and links[0].description.startswith(f"{production.test_accuracy:.4f} · promoted")
+    url = re.search(r"\]\((http[^)]+)\)", links[0].data).group(1)  # a link artifact is [text](url)
+    assert url.startswith(env["MNIST_S3_PUBLIC_URL"] + "/")
+    assert urllib.request.urlopen(url, timeout=10).read() == store.get(f"runs/{production.run_id}/report.html")
+    artifacts = [a for a in client.read_artifacts() if str(a.flow_run_id) == production.run_id]
+    assert {"mnist-run-summary", "mnist-per-class-metrics", "mnist-report"} <= {a.key for a in artifacts}
+    assert all(env["AWS_SECRET_ACCESS_KEY"] not in str(a.data) + str(a.description) for a in artifacts)
+
+
+def test_deployment_has_its_limit_tags_and_parameter_form(deployment):
     assert set(deployment.tags) >= {"mnist", "training"}
     assert deployment.global_concurrency_limit and deployment.global_concurrency_limit.limit == 1
+    assert deployment.parameters == {"epochs": 1, "min_accuracy": 0.9}
     props = deployment.parameter_openapi_schema["properties"]
     assert set(props) >= {"epochs", "batch_size", "model", "min_accuracy", "max_regression", "allow_regression"}
-    assert props["epochs"]["default"] == 10 and props["epochs"]["minimum"] == 1
-    assert "Passes over the training set" in props["epochs"]["description"]
-    assert props["model"]["enum"] == ["mlp", "cnn"] or "mlp" in str(props["model"])
+    assert "Empty: the model's default" in props["epochs"]["description"]
     assert deployment.enforce_parameter_schema
 
 
@@ -111,27 +230,6 @@ def test_bad_parameters_are_refused_before_any_run(deployment, client):
         assert "422" in str(err.value) or "409" in str(err.value) or "validation" in str(err.value).lower()
 
 
-def test_a_run_started_like_the_ui_run_button_completes_and_stores_its_report(deployment, client, served):
+def test_no_secret_in_the_serving_log(served):
     env, log_path = served
-    run = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 2, "min_accuracy": 0.9})
-
-    def finished():
-        state = client.read_flow_run(run.id).state
-        return state if state and state.is_final() else None
-
-    try:
-        state = wait_for(finished, 420, "the flow run", interval=2)
-    except TimeoutError:
-        pytest.fail("run did not finish; serve log:\n" + log_path.read_text()[-4000:])
-    assert state.is_completed(), f"{state.name}: {state.message}\n{log_path.read_text()[-4000:]}"
-    store = open_store(load_settings(**{k: env[k] for k in (
-        "MNIST_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}))
-    run_id = str(run.id)
-    assert store.exists(f"runs/{run_id}/report.html") and store.exists(f"runs/{run_id}/model.keras")
-    assert registry.read_production(store)[0]["run_id"] == run_id
-    artifacts = [a for a in client.read_artifacts() if a.flow_run_id == run.id]
-    assert {"mnist-run-summary", "mnist-per-class-metrics", "mnist-report"} <= {a.key for a in artifacts}
-    # no secret in any artifact the UI shows, nor in the serving process's log
-    secret = env["AWS_SECRET_ACCESS_KEY"]
-    assert all(secret not in str(a.data) + str(a.description) for a in artifacts)
-    assert secret not in log_path.read_text()
+    assert env["AWS_SECRET_ACCESS_KEY"] not in log_path.read_text() and AUTH not in log_path.read_text()

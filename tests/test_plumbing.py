@@ -1,4 +1,5 @@
-"""`main` of flows/train_flow.py, in-process and fast (the end-to-end runs are in test_train_flow.py).
+"""flows/plumbing.py, what every flow shares, in-process and fast (the end-to-end runs are in
+test_train_flow.py).
 
 TensorFlow is imported in a thread while Prefect's temporary server starts. On the quickest way
 out, a server that does not answer, `main` must still wait for that import: Python shutting down
@@ -12,7 +13,7 @@ import time
 from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
                               temporary_settings)
 
-from flows import train_flow
+from flows import plumbing, train_flow
 
 
 def test_an_early_error_returns_only_after_the_background_import(tmp_path, monkeypatch, capsys):
@@ -24,11 +25,29 @@ def test_an_early_error_returns_only_after_the_background_import(tmp_path, monke
         time.sleep(1.5)
         imported.set()
 
-    monkeypatch.setattr(train_flow, "_load_tensorflow", slow_import)
+    monkeypatch.setattr(plumbing, "_load_tensorflow", slow_import)
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 0},
                             restore_defaults={PREFECT_API_URL}):
         status = train_flow.main([])
 
-    assert status == train_flow.EXIT_FAILED
+    assert status == plumbing.EXIT_FAILED
     assert imported.is_set(), "main returned while its TensorFlow import was still running"
     assert capsys.readouterr().err.startswith("error: Prefect's temporary server did not answer")
+
+
+def test_an_expected_error_is_logged_in_one_line_and_an_unexpected_one_with_its_traceback(caplog):
+    import logging
+
+    from mnist_pipeline.errors import DatasetError
+
+    logger = logging.getLogger("prefect.task_runs")
+    with caplog.at_level(logging.ERROR, logger="prefect.task_runs"):
+        for exc in (DatasetError("t10k-labels-idx1-ubyte: bad"), ZeroDivisionError("a bug")):
+            try:
+                raise exc
+            except Exception:
+                logger.error("Task run failed with exception: %r", exc, exc_info=True)
+    expected, unexpected = (caplog.text.split("ZeroDivisionError('a bug')")[0],
+                            caplog.text.split("ZeroDivisionError('a bug')")[1])
+    assert "DatasetError" in expected and "Traceback" not in expected
+    assert "Traceback" in unexpected

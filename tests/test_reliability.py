@@ -58,8 +58,9 @@ def assert_run_is_whole(store, run_id: str) -> dict:
     """Every file the manifest lists is present and parses as what it is."""
     manifest = json.loads(store.get(f"runs/{run_id}/manifest.json"))
     print(f"FAULTS verified {len(manifest['files']) + 1} objects of run {run_id[:8]}")
-    for key in manifest["files"]:
+    for key, record in manifest["files"].items():
         data = store.get(key)
+        assert hashlib.sha256(data).hexdigest() == record["sha256"], key
         if key.endswith(".png"):
             assert data.startswith(b"\x89PNG")
         elif key.endswith(".json"):
@@ -73,10 +74,10 @@ def assert_run_is_whole(store, run_id: str) -> dict:
 
 def test_storage_outage_at_start_and_during_upload_is_survived(faulty):
     env, proxy, store = faulty
-    proxy.cut()  # the store is down when the run starts
+    proxy.cut()  # the store is down when the run starts, longer than botocore's retries last
     flow = FlowProcess(FLOW + ["--epochs", "2", "--min-accuracy", "0.9"], REPO, env)
     flow.wait_for("Beginning flow run")
-    time.sleep(4)
+    time.sleep(9)
     proxy.restore()  # ... and comes back some seconds later
     flow.wait_for("Task run 'plots")
     proxy.cut()  # down again while the artifacts are uploaded
@@ -86,16 +87,15 @@ def test_storage_outage_at_start_and_during_upload_is_survived(faulty):
     out = flow.output
     assert code == 0, out[-4000:]
     assert proxy.cuts == 2
-    # the first outage failed the flow's start (no store) and the flow retried ...
+    # each retry said so in the log, and the first outage outlasted them: the flow retried
+    assert "S3 endpoint not answering" in out and "attempt 2/4" in out
     assert "Received non-final state 'AwaitingRetry'" in out
-    # ... the second one failed uploads, which their task retried with backoff
-    assert re.search(r"Task run '(store-artifacts|store-manifest|promote|gate|publish-artifacts)-\w+' - "
-                     r"Task run failed with exception: StoreUnavailable", out), out[-4000:]
+    assert "Traceback" not in out
     prod = assert_production_is_whole(store)
     assert_run_is_whole(store, prod["run_id"])
     print(f"FAULTS outage: endpoint cut {proxy.cuts} times; flow retries "
-          f"{out.count('AwaitingRetry')}; task attempts failed "
-          f"{len(re.findall(r'Task run failed with exception: StoreUnavailable', out))}; run recovered")
+          f"{out.count('AwaitingRetry')}; request retries {out.count('S3 endpoint not answering')}; task attempts "
+          f"failed {len(re.findall(r'Task run failed with exception: StoreUnavailable', out))}; run recovered")
     promoted = [r for r in registry.read_history(store) if r["decision"] == "promoted"]
     assert [r["run_id"] for r in promoted] == [prod["run_id"]]  # promoted exactly once
     assert env["AWS_SECRET_ACCESS_KEY"] not in out

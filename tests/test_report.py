@@ -11,7 +11,7 @@ from mnist_pipeline.registry import GateDecision
 from tasks.evaluate import Evaluation, per_class_metrics
 from tasks.plots import plot_captions, render_plots
 from tasks.report import (ReportInput, comparison_view, gate_checks, parameter_rows, plural,
-                          render_report, summary_markdown, timing_rows, verdict)
+                          render_report, timing_rows, verdict)
 
 COMMIT = "eee6e0ca8a009c61ecbd0047f9539a3da85330b3"
 SHA = {"train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -191,11 +191,3 @@ def test_input_is_escaped(plots):
     html = render_report(inp).decode()
     assert "<script>x</script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
     assert "moving average &lt;of&gt; steps" in html
-
-
-def test_summary_markdown_still_states_the_decision():
-    ev, _, _ = synthetic_run(15)
-    decision = GateDecision(False, "promotion blocked: 0.920 < 0.970", 0.97)
-    md = summary_markdown("run-1", {"model": "mlp", "epochs": 2, "batch_size": 32}, ev.metrics,
-                          decision, "file:///r.html")
-    assert "**NOT PROMOTED**" in md and "[Full report](file:///r.html)" in md

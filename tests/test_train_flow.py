@@ -18,7 +18,7 @@ from mnist_pipeline import registry
 from mnist_pipeline.models import model_from_bytes
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,10 @@ def test_manifest_metrics_and_report_tell_the_whole_story(default_run):
     assert manifest["gate"]["promoted"] is True and manifest["min_accuracy"] == 0.97
     assert manifest["dataset_sha256"]["train-images-idx3-ubyte"].startswith("ba891046")
     assert {"tensorflow-cpu", "keras", "prefect"} <= set(manifest["versions"])
-    assert set(manifest["timings_s"]) >= {"fetch", "validate", "normalize", "train", "evaluate", "plots", "store", "promote"}
+    assert set(manifest["timings_s"]) >= {"preflight", "fetch", "validate", "normalize", "train", "evaluate", "plots",
+                                          "gate", "report", "store"}
+    for key, record in manifest["files"].items():  # every file is recorded with its hash
+        assert registry.sha256(store.get(key)) == record["sha256"], key
     metrics = json.loads(store.get(f"runs/{run_id}/metrics.json"))
     low, high = metrics["test_accuracy_ci95"]
     assert low < metrics["test_accuracy"] < high
@@ -102,20 +105,25 @@ def test_manifest_metrics_and_report_tell_the_whole_story(default_run):
     assert set(metrics["per_class"]) == {str(d) for d in range(10)}
     html = store.get(f"runs/{run_id}/report.html").decode()
     assert html.count("data:image/png;base64,") == 5 and "src=\"http" not in html
-    assert "PROMOTED to production" in html and f"{metrics['test_accuracy']:.4f}" in html
+    assert "Promoted to production" in html and f"{metrics['test_accuracy']:.4f}" in html
 
 
 def test_unreachable_threshold_exits_3_keeps_production_and_stores_the_report(default_run, flow_env):
+    """Also: a notification URL that nobody answers is a warning, never a different outcome."""
     _, store = default_run
     before = store.get(registry.PRODUCTION_KEY)
-    proc = run_flow(flow_env, "--epochs", "1", "--min-accuracy", "0.999")
+    dead = f"json://notify-user:n0tify-s3cret@127.0.0.1:{free_port()}/"
+    proc = run_flow(dict(flow_env, MNIST_NOTIFY_URL=dead), "--epochs", "1", "--min-accuracy", "0.999")
     assert proc.returncode == 3, proc.stderr[-3000:]
-    assert "promotion blocked: " in proc.stdout and "< 0.999" in proc.stdout
+    assert "promotion blocked: " in proc.stdout and "< 0.9990" in proc.stdout
+    assert "Finished in state Blocked('promotion blocked: " in proc.stdout + proc.stderr
+    assert "failed (not delivered); the run's outcome is unchanged" in proc.stdout + proc.stderr
+    assert "n0tify-s3cret" not in proc.stdout + proc.stderr
     assert store.get(registry.PRODUCTION_KEY) == before
     blocked = registry.read_history(store)[-1]
     assert blocked["decision"] == "blocked" and "< 0.999" in blocked["reason"]
     html = store.get(f"runs/{blocked['run_id']}/report.html").decode()
-    assert "NOT PROMOTED" in html and "0.999" in html
+    assert "Not promoted: production unchanged" in html and "0.9990" in html
     assert json.loads(store.get(f"runs/{blocked['run_id']}/manifest.json"))["gate"]["promoted"] is False
 
 
@@ -167,7 +175,25 @@ def test_bad_data_fails_once_with_one_line_and_is_not_retried(flow_env, mnist_mi
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
     assert errors[0].startswith("error: run failed: t10k-labels-idx1-ubyte") and needle in errors[0]
-    assert "AwaitingRetry" not in proc.stdout + proc.stderr
+    assert "AwaitingRetry" not in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
     assert proc.stdout.count("Beginning flow run") + proc.stderr.count("Beginning flow run") == 1
     store = store_for(env)
     assert store.list("datasets/") == [] and store.list("registry/") == []
+
+
+def test_a_failure_after_the_promotion_is_reported_as_what_it_is(flow_env, tmp_path, make_readonly):
+    """The write that follows the promotion (its history record) fails for real: a read-only
+    registry/history/ on a folder store. Production changed, so the run says "promoted" (exit 0)
+    with a warning, never "failed"; the manifest and report were stored before."""
+    store_dir = tmp_path / "store"
+    (store_dir / "registry" / "history").mkdir(parents=True)
+    make_readonly(store_dir / "registry" / "history")
+    env = dict(flow_env, MNIST_STORE_URL=str(store_dir))
+    proc = run_flow(env, "--epochs", "1", "--min-accuracy", "0.9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prod = json.loads((store_dir / "registry" / "production.json").read_bytes())
+    assert f"run {prod['run_id']}: test accuracy" in proc.stdout and "promoted to production" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings and "production changed, but its history record registry/history/" in warnings[0]
+    assert "Read-only file system" in warnings[0] and "Traceback" not in proc.stdout + proc.stderr
+    assert (store_dir / "runs" / prod["run_id"] / "manifest.json").exists()

@@ -1,0 +1,169 @@
+"""What every flow of this project shares, so each flow file reads as its pipeline only:
+the process entry (`python flows/X.py`: parameters, the temporary Prefect server, exit
+statuses), the retry rule for flows, the final states, and what happens when a run fails.
+
+Exit statuses (DESIGN.md): 0 = stored and promoted; 3 = stored, promotion blocked by the gate,
+production unchanged; 2 = bad parameters or settings; 1 = the run failed, production unchanged.
+"""
+
+import os
+
+# Before Prefect is imported (it reads its settings once): TensorFlow's C++ chatter is not our
+# log, and the store's retry warnings (logger "mnist_pipeline") belong in the run's log and UI.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "mnist_pipeline")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import Callable  # noqa: E402
+
+from prefect.context import FlowRunContext  # noqa: E402
+from prefect.states import Completed, State  # noqa: E402
+
+from mnist_pipeline import notify  # noqa: E402
+from mnist_pipeline.ephemeral_server import ephemeral_server  # noqa: E402
+from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient  # noqa: E402
+from mnist_pipeline.settings import load_settings  # noqa: E402
+
+EXIT_PROMOTED, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
+
+
+# -- logs: one line for a failure the pipeline foresaw -------------------------------------------
+class _ExpectedErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failing task or flow with its traceback. For our own one-line errors (bad
+    data, an unusable store, a dead endpoint, a damaged registry) the line says it all;
+    unexpected errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_expected(exc):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_tracebacks() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ExpectedErrorsWithoutTraceback) for f in logger.filters):
+            logger.addFilter(_ExpectedErrorsWithoutTraceback())
+
+
+quiet_expected_tracebacks()
+
+
+# -- retries and final states ---------------------------------------------------------------------
+def stop_flow_retries() -> None:
+    """Prefect 3 flows have no retry condition (the server retries any failure): for a failure
+    that would happen again, switch this run's retries off before it fails."""
+    from prefect.client.orchestration import get_client
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    policy = ctx.flow_run.empirical_policy
+    policy.retries = 0
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(ctx.flow_run.id, empirical_policy=policy)
+
+
+@contextmanager
+def retried_only_if_transient():
+    """The flow retries what `errors.is_transient` calls transient, nothing else."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_transient(exc):
+            stop_flow_retries()
+        raise
+
+
+def decided(promoted: bool, reason: str, summary: dict) -> State:
+    """A decided run is Completed, named for its decision, the reason as its message: a blocked
+    run is a verdict, not a failure to retry, and the UI's run list tells them apart."""
+    return Completed(name="Promoted" if promoted else "Blocked", message=reason, data=summary)
+
+
+def current_run_id() -> str:
+    return str(FlowRunContext.get().flow_run.id)
+
+
+def on_run_failed(flow, flow_run, state) -> None:
+    """Flow hook for a run that ended Failed (after its retries): the event and the alert."""
+    message = (state.message or "unknown error").removeprefix("Flow run encountered an exception: ")
+    outcome = notify.Outcome(str(flow_run.id), "failed", message)
+    try:
+        from prefect.events import emit_event
+
+        emit_event(event="mnist.run.failed",
+                   resource={"prefect.resource.id": f"mnist.run.{flow_run.id}",
+                             "prefect.resource.name": f"mnist run {str(flow_run.id)[:8]}"},
+                   related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+                             "prefect.resource.role": "flow-run"}],
+                   payload={"run_id": str(flow_run.id), "reason": message, "flow": flow.name})
+        notify.send(load_settings(), outcome)
+    except Exception as exc:  # never let reporting a failure raise another one
+        logging.getLogger("mnist_pipeline.notify").warning("could not report the failure: %s", exc)
+
+
+# -- the process entry ------------------------------------------------------------------------------
+def _load_tensorflow() -> None:
+    try:
+        import keras  # noqa: F401
+    except Exception:  # the train task's own import will report it
+        pass
+
+
+@contextmanager
+def tensorflow_imported_in_background():
+    """TensorFlow takes seconds to import; do it while Prefect's server starts (a separate
+    process), instead of after. The train task's own import then finds it loaded.
+    The import is always waited for on the way out, even after an early error: Python shutting
+    down while a thread is inside TensorFlow's C++ start-up aborted the process (SIGABRT,
+    "terminate called without an active exception") instead of exiting with our status."""
+    loader = threading.Thread(target=_load_tensorflow, name="import-tensorflow", daemon=True)
+    loader.start()
+    try:
+        yield
+    finally:
+        loader.join()
+
+
+def exit_status(state: State) -> int:
+    """Print the run's one-line outcome; the exit status that says it."""
+    if state.is_completed():
+        summary = state.result()
+        verdict = "promoted to production" if summary["promoted"] else summary["reason"]
+        print(f"run {summary['run_id']}: test accuracy {summary['test_accuracy']:.4f}; {verdict}; "
+              f"report: {summary['report']}")
+        for warning in summary.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+        return EXIT_PROMOTED if summary["promoted"] else EXIT_BLOCKED
+    exc = state.result(raise_on_failure=False)
+    detail = str(exc) if isinstance(exc, PipelineError) else (state.message or "unknown error")
+    print(f"error: run failed: {detail}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def main(flow, parser: argparse.ArgumentParser, to_params: Callable[[dict], dict],
+         argv: list[str] | None = None) -> int:
+    """`python flows/X.py [options]`: run `flow` once with a temporary Prefect server (unless
+    PREFECT_API_URL is set), print one line, exit with the run's status."""
+    args = vars(parser.parse_args(argv))
+    try:
+        load_settings()  # fail before any work on a bad environment
+        params = to_params(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with ephemeral_server() as server, tensorflow_imported_in_background():
+        try:
+            if server:
+                server.wait_ready()
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        state = flow(**params, return_state=True)
+    return exit_status(state)

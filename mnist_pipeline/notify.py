@@ -1,0 +1,81 @@
+"""Notifications through Apprise (MNIST_NOTIFY_URL: one or more Apprise URLs, comma-separated).
+
+Blocked and failed runs are sent; promotions too with MNIST_NOTIFY_ON=all. A notification that
+cannot be delivered is a warning, never a change to the run's outcome. Apprise URLs often carry
+a token or password, so they are named only in Apprise's privacy form (secrets masked).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mnist_pipeline.settings import Settings
+
+log = logging.getLogger("mnist_pipeline.notify")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    kind: str  # promoted | blocked | failed
+    reason: str
+    test_accuracy: float | None = None
+    min_accuracy: float | None = None
+    production_run_id: str | None = None
+    report: str | None = None  # a link, or where the report is and the command that opens it
+
+
+def wanted(settings: Settings, kind: str) -> bool:
+    return bool(settings.notify_urls) and (kind != "promoted" or settings.notify_on == "all")
+
+
+def message(outcome: Outcome) -> tuple[str, str]:
+    """(title, body): short, and nothing in it that is a credential."""
+    title = f"mnist-pipeline: run {outcome.run_id[:8]} {outcome.kind}"
+    lines = [f"Run {outcome.run_id}: {outcome.kind.upper()}."]
+    if outcome.test_accuracy is not None and outcome.min_accuracy is not None:
+        verdict = ">=" if outcome.test_accuracy >= outcome.min_accuracy else "<"
+        lines.append(f"Test accuracy {outcome.test_accuracy:.4f} {verdict} threshold {outcome.min_accuracy:.4f}.")
+    lines.append(f"Reason: {outcome.reason}")
+    if outcome.kind != "promoted":
+        lines.append(f"Production: unchanged ({outcome.production_run_id or 'nothing in production'}).")
+    if outcome.report:
+        lines.append(f"Report: {outcome.report}")
+    return title, "\n".join(lines)
+
+
+def _private(url: str) -> str:
+    import apprise
+
+    try:
+        plugin = apprise.Apprise.instantiate(url)
+        return plugin.url(privacy=True) if plugin else url.split("://", 1)[0] + "://..."
+    except Exception:
+        return url.split("://", 1)[0] + "://..."
+
+
+def send(settings: Settings, outcome: Outcome) -> list[str]:
+    """Send to every configured URL; returns one warning per URL that failed (also logged)."""
+    if not wanted(settings, outcome.kind):
+        return []
+    import apprise
+
+    logging.getLogger("apprise").setLevel(logging.CRITICAL)  # its messages may quote the URL
+    title, body = message(outcome)
+    kind = {"promoted": apprise.NotifyType.SUCCESS, "blocked": apprise.NotifyType.WARNING}.get(
+        outcome.kind, apprise.NotifyType.FAILURE)
+    warnings = []
+    for secret in settings.notify_urls:
+        url = secret.get_secret_value()
+        sender = apprise.Apprise()
+        try:
+            accepted = sender.add(url)
+            delivered = accepted and sender.notify(body=body, title=title, notify_type=kind)
+        except Exception as exc:  # a notifier's bug must not change the run's outcome either
+            delivered, accepted = False, f"{type(exc).__name__}"
+        if not delivered:
+            why = "not an Apprise URL" if accepted is False else "not delivered"
+            warnings.append(f"notification to {_private(url)} failed ({why}); the run's outcome is unchanged")
+            log.warning(warnings[-1])
+    return warnings

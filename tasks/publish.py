@@ -1,0 +1,110 @@
+"""publish: what people and automations see of a decided run. Prefect artifacts under stable
+keys (their descriptions carry "0.9790 · promoted", so a key's timeline reads as a history),
+a Prefect event per decision (mnist.model.promoted / mnist.promotion.blocked) to build
+automations on, and a notification (MNIST_NOTIFY_URL).
+
+All of it after the decision, and none of it can change the decision: a failure here is a
+warning in the log.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from mnist_pipeline import notify
+from mnist_pipeline.registry import PromotionResult
+from mnist_pipeline.settings import Settings
+from mnist_pipeline.store import ArtifactStore
+from tasks.report import plural
+
+EVENT_NAMES = {"promoted": "mnist.model.promoted", "blocked": "mnist.promotion.blocked",
+               "failed": "mnist.run.failed"}
+
+
+def report_pointer(store: ArtifactStore, run_id: str) -> tuple[str | None, str]:
+    """(a URL a browser opens, or None; how a person gets to the report)."""
+    key = f"runs/{run_id}/report.html"
+    url = store.link(key)
+    if url:
+        return url, url
+    return None, f"{store.location(key)} (or `mnist-pipeline report {run_id[:8]} --open`)"
+
+
+def summary_markdown(run_id: str, params: dict, metrics: dict, outcome: notify.Outcome, report: str) -> str:
+    low, high = metrics["test_accuracy_ci95"]
+    verdict = {"promoted": "**Promoted** to production", "blocked": "**Blocked**: production unchanged"}
+    return "\n".join([
+        f"# MNIST run `{run_id}`",
+        f"{verdict[outcome.kind]}. {outcome.reason}",
+        "",
+        "| | |", "|---|---|",
+        f"| model | {params['model']}, {plural(params['epochs'], 'epoch')}, batch {params['batch_size']} |",
+        f"| test accuracy | {metrics['test_accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) |",
+        f"| threshold | {outcome.min_accuracy:.4f} |",
+        f"| test loss | {metrics['test_loss']:.4f} |",
+        f"| errors | {metrics['test_errors']} / {metrics['test_samples']} |",
+        f"| production before | {outcome.production_run_id or 'none'} |",
+        "",
+        f"Report: {report}",
+    ])
+
+
+def publish_artifacts(store: ArtifactStore, run_id: str, params: dict, metrics: dict,
+                      outcome: notify.Outcome) -> None:
+    stamp = f"{metrics['test_accuracy']:.4f} · {outcome.kind}"
+    url, pointer = report_pointer(store, run_id)
+    create_markdown_artifact(summary_markdown(run_id, params, metrics, outcome, pointer),
+                             key="mnist-run-summary", description=f"{stamp}: key numbers and the decision")
+    rows = [{"digit": d, **m} for d, m in metrics["per_class"].items()]
+    create_table_artifact(rows, key="mnist-per-class-metrics", description=f"{stamp}: per-class test metrics")
+    if url:
+        create_link_artifact(url, link_text=f"report.html of {run_id}", key="mnist-report",
+                             description=f"{stamp}: the full report (a presigned link: it expires in 7 days)")
+    else:  # a file:// link does not open from the UI's http page: say where it is instead
+        create_markdown_artifact(f"The report of run `{run_id}` is in the store's folder:\n\n"
+                                 f"`{store.location(f'runs/{run_id}/report.html')}`\n\nOpen it with "
+                                 f"`mnist-pipeline report {run_id} --open`.",
+                                 key="mnist-report", description=f"{stamp}: where the full report is")
+
+
+def emit_outcome_event(outcome: notify.Outcome, store_url: str) -> None:
+    """mnist.model.promoted / mnist.promotion.blocked / mnist.run.failed, about this run."""
+    related = [{"prefect.resource.id": f"prefect.flow-run.{outcome.run_id}",
+                "prefect.resource.role": "flow-run"}]
+    if outcome.production_run_id:
+        related.append({"prefect.resource.id": f"mnist.run.{outcome.production_run_id}",
+                        "prefect.resource.role": "production-before"})
+    emit_event(event=EVENT_NAMES[outcome.kind],
+               resource={"prefect.resource.id": f"mnist.run.{outcome.run_id}",
+                         "prefect.resource.name": f"mnist run {outcome.run_id[:8]}"},
+               related=related,
+               payload={"run_id": outcome.run_id, "test_accuracy": outcome.test_accuracy,
+                        "min_accuracy": outcome.min_accuracy, "production_run_id": outcome.production_run_id,
+                        "reason": outcome.reason, "store": store_url})
+
+
+def outcome_of(run_id: str, result: PromotionResult, accuracy: float, min_accuracy: float,
+               production_before: str | None) -> notify.Outcome:
+    return notify.Outcome(run_id, "promoted" if result.promoted else "blocked", result.reason, accuracy,
+                          min_accuracy, production_before)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(store: ArtifactStore, settings: Settings, run_id: str, params: dict, metrics: dict,
+                 outcome: notify.Outcome) -> list[str]:
+    """Artifacts, the event, the notification; returns the warnings (never raises)."""
+    log, warnings = get_run_logger(), []
+    steps = (("artifacts", lambda: publish_artifacts(store, run_id, params, metrics, outcome)),
+             ("event", lambda: emit_outcome_event(outcome, store.url)),
+             ("notification", lambda: warnings.extend(notify.send(
+                 settings, notify.Outcome(**{**outcome.__dict__, "report": report_pointer(store, run_id)[1]})))))
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:
+            warnings.append(f"could not publish the {name}: {type(exc).__name__}: {exc}")
+            log.warning(warnings[-1])
+    return warnings
