@@ -32,9 +32,9 @@ from tasks.gate import gate_task, preflight_task, promote_task
 from tasks.normalize import normalize_task
 from tasks.plots import plots_task
 from tasks.publish import outcome_of, publish_task, report_pointer
-from tasks.report import compare_task, report_input, report_task
+from tasks.report import compare_task, plural, report_input, report_task
 from tasks.retention import retention_task
-from tasks.store_artifacts import manifest_task, store_task
+from tasks.store_artifacts import manifest_task, restate_task, store_task
 from tasks.train import train_task
 from tasks.validate import validate_task
 
@@ -66,9 +66,9 @@ def run_pipeline(params: TrainParams, tuning: dict | None = None):
     run_id, settings, started, timings = plumbing.current_run_id(), load_settings(), now(), {}
     store = open_store(settings)
     min_accuracy = settings.min_accuracy if params.min_accuracy is None else params.min_accuracy
-    get_run_logger().info("run %s: %s, %d epochs, batch %d, learning rate %g, seed %d; threshold %.4f; store %s",
-                          run_id, params.model, params.epochs, params.batch_size, params.learning_rate,
-                          params.seed, min_accuracy, store.url)
+    get_run_logger().info("run %s: %s, %s, batch %d, learning rate %g, seed %d; threshold %.4f; store %s",
+                          run_id, params.model, plural(params.epochs, "epoch"), params.batch_size,
+                          params.learning_rate, params.seed, min_accuracy, store.url)
     with timed(timings, "preflight"):
         preflight_task(store)  # a store that takes no write or a damaged registry: fail now
     with timed(timings, "fetch"):
@@ -97,20 +97,24 @@ def run_pipeline(params: TrainParams, tuning: dict | None = None):
                                           decision, provenance, plots, comparison))
     with timed(timings, "store"):
         files = store_task(store, run_id, evaluation, plots, report)
-        files[trained.model_key] = trained.model_file
-        manifest = {"run_id": run_id, "parameters": params.model_dump(), "min_accuracy": min_accuracy,
-                    **provenance, "data_profile": profile, "train_seconds": trained.train_seconds,
-                    "weights": trained.weights, "model_reused_from_earlier_attempt": trained.reused,
-                    "test_accuracy": accuracy, "files": files, "tuning": tuning,
-                    "gate": {"promoted": decision.promote, "reason": decision.reason, "decision": decision.__dict__},
-                    "finished_at": now().isoformat()}
-        manifest_task(store, run_id, manifest)
+    files[trained.model_key] = trained.model_file
+    manifest = {"run_id": run_id, "parameters": params.model_dump(), "min_accuracy": min_accuracy,
+                **provenance, "data_profile": profile, "train_seconds": trained.train_seconds,
+                "weights": trained.weights, "model_reused_from_earlier_attempt": trained.reused,
+                "test_accuracy": accuracy, "files": files, "tuning": tuning,
+                "gate": {"promoted": decision.promote, "reason": decision.reason, "decision": decision.__dict__},
+                "finished_at": now().isoformat()}
+    manifest_task(store, run_id, manifest)  # the run's files are whole; next, the last decisive write
     candidate = Candidate(run_id, trained.model_file["sha256"], accuracy)
     summary = {"started_at": started.isoformat(), "model": params.model, "epochs": params.epochs}
     promotion = promote_task(store, candidate, params, min_accuracy, run_id, summary)
+    warnings = list(promotion.warnings)
+    if promotion.decision and promotion.decision.promote != decision.promote:  # production changed meanwhile
+        warnings += restate_task(store, run_id, report_task(report_input(
+            run_id, params, min_accuracy, profile, evaluation, trained, promotion.decision, provenance, plots,
+            comparison)), manifest, promotion.decision)
     outcome = outcome_of(run_id, promotion, accuracy, min_accuracy, decision.production_run_id)
-    warnings = promotion.warnings + publish_task(store, settings, run_id, params.model_dump(),
-                                                 evaluation.metrics, outcome)
+    warnings += publish_task(store, settings, run_id, params.model_dump(), evaluation.metrics, outcome)
     if settings.keep_last:
         warnings += retention_task(store, settings.keep_last, run_id)
     return plumbing.decided(promotion.promoted, promotion.reason, {

@@ -25,8 +25,10 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=True)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True,
-                               text=True, timeout=5).stdout.strip()
+        # --no-optional-locks: a run killed during `git status` must not leave .git/index.lock
+        # behind (it did, from the SIGKILL fault tests, and blocked every later commit).
+        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(repo), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

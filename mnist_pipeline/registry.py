@@ -262,10 +262,11 @@ def stored_candidate(store: ArtifactStore, run_id: str) -> Candidate:
     """A finished run's model, hash-checked against its manifest and measured on the test set.
     A manifest whose accuracy disagrees with what its model scores is refused as tampered."""
     manifest, _ = read_manifest(store, run_id)
-    if collected(store, run_id):
+    gone = collected_files(store, run_id)
+    if model_key(run_id) in gone:
         raise RegistryError(f"run {run_id}'s model was deleted by `mnist-pipeline gc`; it cannot be promoted")
     present = {info.key for info in store.list_objects(f"runs/{run_id}/")}
-    missing = sorted(set(manifest["files"]) - present)
+    missing = sorted(set(manifest["files"]) - present - set(gone))
     if missing:
         raise RegistryError(f"run {run_id} is incomplete: {missing[0]} is missing"
                             f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {VERIFY_HINT}")

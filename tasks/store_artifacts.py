@@ -69,3 +69,22 @@ def store_task(store: ArtifactStore, run_id: str, evaluation: Evaluation, plots:
 @task(name="store-manifest", **_storage_retries)
 def manifest_task(store: ArtifactStore, run_id: str, manifest: dict) -> str:
     return store_manifest(store, run_id, manifest)
+
+
+def restate(store: ArtifactStore, run_id: str, report_html: bytes, manifest: dict, decision) -> None:
+    """The promotion decided differently from the gate (production changed in between): the
+    stored report and manifest must tell what really happened. Production is untouched here."""
+    key = run_prefix(run_id) + "report.html"
+    store.put(key, report_html, "text/html; charset=utf-8")
+    manifest = dict(manifest, files=dict(manifest["files"], **{key: file_record(report_html)}),
+                    gate={"promoted": decision.promote, "reason": decision.reason, "decision": decision.__dict__})
+    store_manifest(store, run_id, manifest)
+
+
+@task(name="restate", **_storage_retries)
+def restate_task(store: ArtifactStore, run_id: str, report_html: bytes, manifest: dict, decision) -> list[str]:
+    try:
+        restate(store, run_id, report_html, manifest, decision)
+    except Exception as exc:  # the decision stands whatever happens to its paperwork
+        return [f"the report and manifest could not be restated after the decision changed: {exc}"]
+    return []

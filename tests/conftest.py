@@ -110,6 +110,14 @@ def store(request):
     return request.getfixturevalue(f"{request.param}_store")
 
 
+def production_of(store) -> dict | None:
+    """registry/production.json as a dict (None when nothing is in production)."""
+    from mnist_pipeline import registry
+
+    production, _ = registry.read_production(store)
+    return production.model_dump() if production else None
+
+
 def assert_promotions_chain(promoted: list[dict], production_run_id: str) -> None:
     """The promoted history records form one unbroken chain ending at production: each names as
     `production_before` the one it replaced (no lost update). Order-independent, since two

@@ -88,7 +88,7 @@ def served(prefect_server, moto_server, mnist_mirror, receiver, tmp_path_factory
                AWS_SECRET_ACCESS_KEY="deploy-secret-5e1f", AWS_DEFAULT_REGION="us-east-1",
                # as a browser on the host reaches the endpoint (compose: http://localhost:9000)
                MNIST_S3_PUBLIC_URL=moto_server.endpoint.replace("127.0.0.1", "localhost"),
-               MNIST_NOTIFY_URL=receiver.url)
+               MNIST_NOTIFY_URL=receiver.url, MNIST_KEEP_LAST="1")
     env.pop("MNIST_MIN_ACCURACY", None)
     log_path = tmp_path_factory.mktemp("serve-log") / "serve.log"
     # every minute, so that the scheduler fires within the test; one epoch, so that it is quick
@@ -230,6 +230,8 @@ def test_bad_parameters_are_refused_before_any_run(deployment, client):
         assert "422" in str(err.value) or "409" in str(err.value) or "validation" in str(err.value).lower()
 
 
-def test_no_secret_in_the_serving_log(served):
+def test_retention_ran_after_each_run_and_no_secret_is_in_the_serving_log(served):
     env, log_path = served
-    assert env["AWS_SECRET_ACCESS_KEY"] not in log_path.read_text() and AUTH not in log_path.read_text()
+    log = log_path.read_text()
+    assert log.count("retention: kept the newest 1 runs, production and its rollback stack") >= 2
+    assert env["AWS_SECRET_ACCESS_KEY"] not in log and AUTH not in log

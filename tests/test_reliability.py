@@ -20,7 +20,7 @@ from mnist_pipeline import registry
 from mnist_pipeline.models import model_from_bytes
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
-from tests.conftest import REPO, assert_promotions_chain
+from tests.conftest import REPO, assert_promotions_chain, production_of
 from tests.faults import CuttableProxy, FlowProcess
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def faulty(moto_server, mnist_mirror, tmp_path):
 
 
 def assert_production_is_whole(store) -> dict | None:
-    prod, _ = registry.read_production(store)
+    prod = production_of(store)
     if prod:
         data = store.get(prod["model_key"])
         assert hashlib.sha256(data).hexdigest() == prod["model_sha256"]

@@ -18,7 +18,7 @@ from mnist_pipeline import registry
 from mnist_pipeline.models import model_from_bytes
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, production_of
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def default_run(flow_env):
 def test_default_run_promotes(default_run):
     proc, store = default_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    prod, _ = registry.read_production(store)
+    prod = production_of(store)
     assert prod and f"run {prod['run_id']}" in proc.stdout and "promoted to production" in proc.stdout
     assert prod["test_accuracy"] >= 0.97 and prod["model_key"] == f"runs/{prod['run_id']}/model.keras"
     run = f"runs/{prod['run_id']}/"
@@ -72,7 +72,7 @@ def test_default_run_promotes(default_run):
 
 def test_stored_model_loads_in_safe_mode_and_reproduces_its_accuracy(default_run, mnist_mirror):
     _, store = default_run
-    prod, _ = registry.read_production(store)
+    prod = production_of(store)
     model = model_from_bytes(store.get(prod["model_key"]))
     images = np.frombuffer(gzip.decompress((mnist_mirror / "t10k-images-idx3-ubyte.gz").read_bytes()),
                            np.uint8, offset=16).reshape(-1, 28, 28)
@@ -88,7 +88,7 @@ def test_stored_model_loads_in_safe_mode_and_reproduces_its_accuracy(default_run
 
 def test_manifest_metrics_and_report_tell_the_whole_story(default_run):
     _, store = default_run
-    run_id = registry.read_production(store)[0]["run_id"]
+    run_id = production_of(store)["run_id"]
     manifest = json.loads(store.get(f"runs/{run_id}/manifest.json"))
     assert manifest["run_id"] == run_id and manifest["parameters"]["epochs"] == 10
     assert manifest["gate"]["promoted"] is True and manifest["min_accuracy"] == 0.97
