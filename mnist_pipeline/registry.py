@@ -24,7 +24,7 @@ import json
 import re
 import socket
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr, ValidationError, model_validator
@@ -38,7 +38,7 @@ PRODUCTION_KEY = "registry/production.json"
 HISTORY_PREFIX = "registry/history/"
 ROLLBACK_DEPTH = 20  # promotions that rollback can undo; older models may be collected by gc
 TOMBSTONE = "collected.json"  # runs/<id>/collected.json: gc deleted this run's heavy files
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # Prefect's are UUIDs
 VERIFY_HINT = "run `mnist-pipeline verify` for the full picture"
 
 RunId = Annotated[StrictStr, Field(pattern=RUN_ID.pattern)]
@@ -265,8 +265,7 @@ def stored_candidate(store: ArtifactStore, run_id: str) -> Candidate:
     gone = collected_files(store, run_id)
     if model_key(run_id) in gone:
         raise RegistryError(f"run {run_id}'s model was deleted by `mnist-pipeline gc`; it cannot be promoted")
-    present = {info.key for info in store.list_objects(f"runs/{run_id}/")}
-    missing = sorted(set(manifest["files"]) - present - set(gone))
+    missing = sorted(k for k in set(manifest["files"]) - set(gone) if not store.exists(k))
     if missing:
         raise RegistryError(f"run {run_id} is incomplete: {missing[0]} is missing"
                             f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {VERIFY_HINT}")
@@ -326,9 +325,37 @@ def write_history(store: ArtifactStore, record: dict, key: str | None = None) ->
     raise RegistryError("could not write a unique history record")
 
 
-def history_keys(store: ArtifactStore) -> list[str]:
-    """Every history key, oldest first: one listing (1,000 keys a request on S3)."""
-    return [k for k in store.list(HISTORY_PREFIX) if history_key_run_id(k)]
+def history_keys(store: ArtifactStore, since: datetime | None = None) -> list[str]:
+    """History keys (those recorded after `since`, or all), oldest first: one listing, 1,000
+    keys a request on S3; with `since`, only the tail of it (the keys sort in time order)."""
+    start = f"{HISTORY_PREFIX}{since.strftime('%Y%m%dT%H%M%S.%fZ')}" if since else None
+    return [k for k in store.list_names(HISTORY_PREFIX, ".json", start) if history_key_run_id(k)]
+
+
+TAIL_WINDOWS_DAYS = (2, 14, 90, 365, 3650)
+
+
+def history_keys_newest_first(store: ArtifactStore):
+    """Every history key, newest first, listing only as far back as the caller reads: the last 2
+    days, then 14, 90, ... (the keys sort in time order), so a page of the newest costs a few
+    short listings whatever the size of the history."""
+    now, seen = _now(), None
+    for days in (*TAIL_WINDOWS_DAYS, None):
+        keys = history_keys(store, now - timedelta(days=days)) if days else history_keys(store)
+        fresh = keys if seen is None else [k for k in keys if k < seen]
+        yield from reversed(fresh)
+        if keys:
+            seen = keys[0]
+
+
+def newest_history_keys(store: ArtifactStore, limit: int) -> tuple[list[str], bool]:
+    """The newest `limit` history keys, oldest first, and whether they are all there are."""
+    keys = []
+    for key in history_keys_newest_first(store):
+        if len(keys) == limit:
+            return keys[::-1], False
+        keys.append(key)
+    return keys[::-1], True
 
 
 def read_history_record(store: ArtifactStore, key: str) -> HistoryRecord:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
@@ -60,6 +61,8 @@ def resolve_run(store: ArtifactStore, prefix: str) -> str:
     """A run id, or a unique prefix of one (like git): one listing of the matching folders."""
     if not valid_run_id(prefix):
         raise PipelineError(f"{prefix!r} is not a run id; list runs with `mnist-pipeline runs`")
+    if store.exists(registry.manifest_key(prefix)):  # a whole id of a finished run: no listing
+        return prefix
     matches = run_folders(store, prefix)
     if prefix in matches:
         return prefix
@@ -106,7 +109,10 @@ def _from_manifest(run_id: str, manifest: dict, summary: RunSummary) -> RunSumma
 
 
 def _indexed_summary(store: ArtifactStore, run_id: str, key: str) -> RunSummary:
-    record = registry.read_history_record(store, key)
+    return _summary_from(store, run_id, key, registry.read_history_record(store, key))
+
+
+def _summary_from(store: ArtifactStore, run_id: str, key: str, record: registry.HistoryRecord) -> RunSummary:
     run = getattr(record, "run", None) or {}
     summary = RunSummary(run_id, registry.history_key_time(key) or datetime.min.replace(tzinfo=timezone.utc),
                          run.get("started_at"), run.get("model"), run.get("epochs"), record.test_accuracy,
@@ -134,9 +140,12 @@ def _unindexed_summary(store: ArtifactStore, run_id: str) -> RunSummary | None:
 def run_order(store: ArtifactStore) -> tuple[list[tuple[datetime, str, str | RunSummary]], int]:
     """Every run as (time, run_id, its first history key, or its summary when the history does
     not know it), newest first, and the number of run folders that were read one by one."""
-    folders = set(run_folders(store))
+    with ThreadPoolExecutor(2) as pool:  # the two listings are independent: overlap them
+        folders_future = pool.submit(run_folders, store)
+        keys = registry.history_keys(store)
+        folders = set(folders_future.result())
     first_key: dict[str, str] = {}
-    for key in registry.history_keys(store):
+    for key in keys:
         run_id = registry.history_key_run_id(key)
         if run_id in folders:
             first_key.setdefault(run_id, key)
@@ -150,14 +159,42 @@ def run_order(store: ArtifactStore) -> tuple[list[tuple[datetime, str, str | Run
     return order, len(unindexed)
 
 
-def newest_runs(store: ArtifactStore, limit: int | None) -> tuple[list[RunSummary], int]:
-    """The newest `limit` runs (all when None), newest first, and how many runs there are."""
-    order, _ = run_order(store)
-    page = order if limit is None else order[:limit]
+def _is_flow_decision(record: registry.HistoryRecord) -> bool:
+    """The run's own flow decided (not a later `promote` or `rollback` of it)."""
+    return record.source == "flow" or record.actor.startswith("flow-run:")
+
+
+def newest_decided_runs(store: ArtifactStore, limit: int) -> tuple[list[RunSummary], bool]:
+    """The newest `limit` runs that reached their decision, newest first, read from the tail of
+    the history only (a few short listings and one GET per record read, whatever the number of
+    runs), and whether that is all of them."""
+    summaries: list[RunSummary] = []
+    seen: set[str] = set()
+    for key in registry.history_keys_newest_first(store):
+        if len(summaries) == limit:
+            return summaries, False
+        run_id = registry.history_key_run_id(key)
+        if run_id in seen:
+            continue
+        record = registry.read_history_record(store, key)
+        if _is_flow_decision(record):
+            seen.add(run_id)
+            summaries.append(_summary_from(store, run_id, key, record))
+    return summaries, True
+
+
+def newest_runs(store: ArtifactStore, limit: int | None) -> tuple[list[RunSummary], bool]:
+    """The newest `limit` runs, newest first, and whether that is all of them. With a limit, the
+    runs that reached a decision (the history's tail); without one (`--all`), every run folder,
+    including runs that never reached a decision and folders the history does not know."""
+    if limit is not None:
+        summaries, complete = newest_decided_runs(store, limit)
+    else:
+        order, _ = run_order(store)
+        summaries = [_indexed_summary(store, run_id, key) if isinstance(key, str) else key
+                     for _, run_id, key in order]
+        complete = True
     production, _ = registry.read_production(store)
-    summaries = []
-    for _, run_id, key in page:
-        summary = _indexed_summary(store, run_id, key) if isinstance(key, str) else key
-        summary.production = bool(production and production.run_id == run_id)
-        summaries.append(summary)
-    return summaries, len(order)
+    for summary in summaries:
+        summary.production = bool(production and production.run_id == summary.run_id)
+    return summaries, complete

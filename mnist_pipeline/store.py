@@ -85,6 +85,13 @@ class ArtifactStore(ABC):
         listing with a delimiter, so 5,000 runs cost 5 requests, not one per file."""
 
     @abstractmethod
+    def list_names(self, prefix: str, suffix: str, start_after: str | None = None) -> list[str]:
+        """Keys under prefix that end in `suffix` (and contain it nowhere else), after
+        `start_after`, sorted. Names only: on S3 this lists with `suffix` as the delimiter, so each
+        key comes back as a short CommonPrefix instead of a full Contents entry (ETag, size,
+        owner, date); a 1,000-key page costs a quarter as much on moto, less on the wire on S3."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove an object; absent is fine."""
 
@@ -237,6 +244,11 @@ class LocalStore(ArtifactStore):
                     found.append(ObjectInfo(key, st.st_size, None,
                                             datetime.fromtimestamp(st.st_mtime, timezone.utc)))
         return sorted(found, key=lambda info: info.key)
+
+    def list_names(self, prefix, suffix, start_after=None):
+        return [info.key for info in self.list_objects(prefix)
+                if info.key.endswith(suffix) and info.key.count(suffix) == 1
+                and (start_after is None or info.key > start_after)]
 
     def list_children(self, prefix):
         parent, _, start = prefix.rpartition("/")
@@ -508,6 +520,13 @@ class S3Store(ArtifactStore):
                 found.append(ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"],
                                         obj["ETag"].strip('"'), obj["LastModified"]))
         return sorted(found, key=lambda info: info.key)
+
+    def list_names(self, prefix, suffix, start_after=None):
+        names = []
+        extra = {"StartAfter": self.prefix + start_after} if start_after else {}
+        for page in self._pages(f"list {prefix}", Prefix=self.prefix + prefix, Delimiter=suffix, **extra):
+            names += [p["Prefix"][len(self.prefix):] for p in page.get("CommonPrefixes", [])]
+        return sorted(n for n in names if n.endswith(suffix))
 
     def list_children(self, prefix):
         names = []

@@ -88,22 +88,28 @@ def test_runs_and_history_show_the_newest_page(store, zoo, cli, mnist_mirror):
         store_run(store, f"r{i:02d}", zoo[0], minutes_ago=100 - i)
     page = cli("runs")
     assert [line.split("\t")[0] for line in page.out.splitlines()[1:]] == [f"r{i:02d}" for i in range(24, 4, -1)]
-    assert "showing the newest 20 of 25 runs; --limit N or --all for more" in page.err
+    assert "showing the newest 20 runs that reached a decision; --limit N for more, --all for every run" in page.err
     assert len(cli("runs", "--limit", "3").out.splitlines()) == 4
-    assert len(cli("runs", "--all").out.splitlines()) == 26 and cli("runs", "--all").err == ""
+    store_run(store, "interrupted", zoo[1], minutes_ago=1, decide=None)
+    assert "interrupted" not in cli("runs").out  # the default page: runs that reached a decision
+    every = cli("runs", "--all").out.splitlines()
+    assert len(every) == 27 and every[1].startswith("interrupted\t") and every[1].split("\t")[5] == "blocked"
     history = cli("history", "-n", "5")
     assert [line.split("\t")[2] for line in history.out.splitlines()[1:]] == [f"r{i:02d}" for i in range(24, 19, -1)]
     assert history.out.splitlines()[1].split("\t")[0].endswith("Z")
+    assert "showing the newest 5 decisions" in history.err
     assert len(json.loads(cli("history", "--all", "--json").out)) == 25
 
 
 def test_a_run_the_history_does_not_know_still_shows_and_foreign_folders_are_skipped(runs, zoo, cli):
-    store_run(runs, "restored", zoo[1], minutes_ago=5, decide=None)  # e.g. restored from a backup
+    """--all lists every run folder: a run restored from a backup without its history shows."""
+    store_run(runs, "restored", zoo[1], minutes_ago=5, decide=None)
     if runs.url.startswith("s3://"):
         runs.put("runs/empty-marker/", b"")  # what an S3 console's "create folder" writes
     else:
         (Path(runs.url) / "runs" / "empty-marker").mkdir()
-    result = cli("runs")
+    assert "some runs did not reach a decision" in cli("runs").err
+    result = cli("runs", "--all")
     ids = [line.split("\t")[0] for line in result.out.splitlines()[1:]]
     assert ids[0] == "restored" and "empty-marker" not in ids
     assert "warning: skipped runs/empty-marker/: no run files in it" in result.err

@@ -14,7 +14,7 @@ from mnist_pipeline.cli.common import app, iso, out, print_table, say, settings_
 from mnist_pipeline.comparison import compare_predictions, stored_predictions
 from mnist_pipeline.dataset import load_test_labels
 from mnist_pipeline.errors import NotFoundInStore, PipelineError
-from mnist_pipeline.runs import newest_runs, no_runs_error, resolve_run
+from mnist_pipeline.runs import newest_runs, no_runs_error, resolve_run, run_folders
 
 LIMIT = typer.Option(20, "--limit", "-n", min=1, help="How many, newest first.")
 ALL = typer.Option(False, "--all", help="Everything, not just the newest page.")
@@ -25,17 +25,12 @@ def _acc(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def _more(shown: int, total: int, what: str) -> None:
-    if shown < total:
-        warn(f"showing the newest {shown} of {total:,} {what}; --limit N or --all for more")
-
-
 @app.command()
 def runs(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> None:
     """The stored runs, newest first, and which one is in production."""
     _, store = settings_and_store()
-    summaries, total = newest_runs(store, None if show_all else limit)
-    if not summaries:
+    summaries, complete = newest_runs(store, None if show_all else limit)
+    if not summaries and (show_all or not run_folders(store)):
         raise no_runs_error(store)
     if as_json:
         out.print_json(json.dumps([s.to_json() for s in summaries]))
@@ -44,15 +39,18 @@ def runs(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> None
              s.decision, "*" if s.production else ""] for s in summaries]
     print_table(f"Runs in {store.url}", ["run id", "started (UTC)", "model", "epochs", "test acc", "gate", "prod"],
                 rows, right={"epochs", "test acc"})
-    _more(len(summaries), total, "runs")
+    if not complete:
+        warn(f"showing the newest {len(summaries)} runs that reached a decision; --limit N for more, "
+             "--all for every run (also those that did not finish)")
+    elif not show_all and len(run_folders(store)) > len(summaries):  # a short history: a cheap listing
+        warn("some runs did not reach a decision (interrupted, or restored without their history): --all shows them")
 
 
 @app.command()
 def history(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> None:
     """Promotion decisions (promoted, blocked, rollback), newest first, with who and why."""
     _, store = settings_and_store()
-    keys = registry.history_keys(store)
-    page = keys if show_all else keys[-limit:]
+    page, complete = (registry.history_keys(store), True) if show_all else registry.newest_history_keys(store, limit)
     records = [dict(registry.read_history_record(store, k).model_dump(), key=k) for k in reversed(page)]
     if as_json:
         out.print_json(json.dumps(records))
@@ -67,7 +65,8 @@ def history(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> N
                      r.get("actor", ""), why])
     print_table("Promotion history", ["when (UTC)", "decision", "run id", "test acc", "by", "why"], rows,
                 right={"test acc"})
-    _more(len(records), len(keys), "decisions")
+    if not complete:
+        warn(f"showing the newest {len(records)} decisions; --limit N or --all for more")
 
 
 def _report_target(output: Optional[Path], run_id: str) -> Path:
