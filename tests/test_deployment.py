@@ -174,9 +174,30 @@ def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client,
     assert "Can't evaluate bulk DML" not in server_log and "Traceback" not in server_log, server_log[-3000:]
 
 
+def create_example_automations(api: str, webhook: str) -> None:
+    """deployments/automations.yaml as documented: a notification block, its id put in, created
+    with Prefect's own command."""
+    import yaml
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    block_id = CustomWebhookNotificationBlock(name="mnist-test", url=webhook, method="POST",
+                                              json_data={"subject": "{{subject}}", "text": "{{body}}"}).save(
+        "mnist-test", overwrite=True)
+    text = (REPO / "deployments" / "automations.yaml").read_text()
+    data = yaml.safe_load(text.replace("REPLACE-WITH-YOUR-NOTIFICATION-BLOCK-ID", str(block_id)))
+    env = dict(os.environ, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=AUTH)
+    proc = subprocess.run([sys.executable, "-m", "prefect", "automation", "create", "--from-json", json.dumps(data)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Created 2 automation" in proc.stdout.replace("\n", " "), proc.stdout + proc.stderr
+
+
 def test_a_blocked_run_is_named_evented_and_notified(deployment, client, served, receiver, prefect_server):
+    """Also the example automation "blocked twice running", sent through a webhook block."""
     env, log_path = served
+    create_example_automations(prefect_server[0], f"http://127.0.0.1:{receiver.server.server_address[1]}/")
+    first = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 1, "min_accuracy": 0.998})
     run = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 1, "min_accuracy": 0.999})
+    assert finished(client, first.id, 300, log_path).name == "Blocked"
     state = finished(client, run.id, 300, log_path)
     assert state.is_completed() and state.name == "Blocked"
     assert state.message.startswith("promotion blocked: 0.9") and state.message.endswith("< 0.9990")
@@ -192,11 +213,15 @@ def test_a_blocked_run_is_named_evented_and_notified(deployment, client, served,
         return found if {"mnist.model.promoted", "mnist.promotion.blocked"} <= names else None
 
     found = wait_for(events, 30, "the events in the server's feed")
-    blocked = next(e for e in found if e["event"] == "mnist.promotion.blocked")
+    blocked = next(e for e in found if e["event"] == "mnist.promotion.blocked"
+                   and e["resource"]["prefect.resource.id"] == f"mnist.run.{run.id}")
     assert blocked["resource"]["prefect.resource.id"] == f"mnist.run.{run.id}"
     assert blocked["payload"]["min_accuracy"] == 0.999 and blocked["payload"]["test_accuracy"] < 0.999
     promoted = next(e for e in found if e["event"] == "mnist.model.promoted")
     assert blocked["payload"]["production_run_id"] == promoted["payload"]["run_id"]
+    automation = wait_for(lambda: [m for m in receiver.received if m.get("subject") == "mnist: promotion blocked "
+                                   "twice running"], 60, "the automation's notification")
+    assert automation[0]["text"].startswith("Last: run ")
 
 
 def test_the_report_link_artifact_downloads_the_report(deployment, client, served):
