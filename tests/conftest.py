@@ -132,6 +132,56 @@ def assert_promotions_chain(promoted: list[dict], production_run_id: str) -> Non
     assert seen == len(promoted) and current == production_run_id
 
 
+AUTH = f"admin:{uuid.uuid4().hex}"
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on 127.0.0.1 for the session: SQLite, analytics off, a login
+    required (as in compose), the scheduler looping every 2 s. Yields (API URL, its log)."""
+    port = free_port()
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_API_URL="",
+               PREFECT_SERVER_API_AUTH_STRING=AUTH, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+    log_path = home / "server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{port}/api"
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(api + "/health", timeout=2).status == 200
+        except OSError:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            return False
+
+    wait_for(healthy, 120, "prefect server health")
+    yield api, log_path
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def client(prefect_server):
+    """Prefect's own client, logged in to the session's server."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_server[0], PREFECT_API_AUTH_STRING: AUTH}):
+        with get_client(sync_client=True) as c:
+            yield c
+
+
 def _mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True)
 

@@ -21,21 +21,10 @@ import pytest
 from mnist_pipeline import registry
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
-from tests.conftest import REPO, free_port
+from tests.conftest import AUTH, REPO, free_port, wait_for
 from tests.test_publish import Receiver
 
 pytestmark = pytest.mark.slow
-AUTH = f"admin:{uuid.uuid4().hex}"
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not within {timeout} s")
 
 
 def api_request(api: str, path: str, body: dict | None = None, auth: str | None = AUTH):
@@ -45,30 +34,6 @@ def api_request(api: str, path: str, body: dict | None = None, auth: str | None 
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    port = free_port()
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_API_URL="",
-               PREFECT_SERVER_API_AUTH_STRING=AUTH, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
-    log_path = home / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    api = f"http://127.0.0.1:{port}/api"
-
-    def healthy():
-        try:
-            return urllib.request.urlopen(api + "/health", timeout=2).status == 200
-        except OSError:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            return False
-
-    wait_for(healthy, 120, "prefect server health")
-    yield api, log_path
-    proc.terminate()
-    proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -98,16 +63,6 @@ def served(prefect_server, moto_server, mnist_mirror, receiver, tmp_path_factory
     yield env, log_path
     proc.terminate()
     proc.wait(30)
-
-
-@pytest.fixture(scope="module")
-def client(prefect_server):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: prefect_server[0], PREFECT_API_AUTH_STRING: AUTH}):
-        with get_client(sync_client=True) as c:
-            yield c
 
 
 @pytest.fixture(scope="module")
