@@ -156,7 +156,7 @@ def test_a_blocked_run_is_named_evented_and_notified(deployment, client, served,
     state = finished(client, run.id, 300, log_path)
     assert state.is_completed() and state.name == "Blocked"
     assert state.message.startswith("promotion blocked: 0.9") and state.message.endswith("< 0.9990")
-    notes = wait_for(lambda: [m for m in receiver.received if str(run.id)[:8] in m["title"]], 30, "the notification")
+    notes = wait_for(lambda: [m for m in receiver.received if str(run.id)[:8] in m.get("title", "")], 30, "the notification")
     assert notes[0]["title"] == f"mnist-pipeline: run {str(run.id)[:8]} blocked"
     assert "< threshold 0.9990" in notes[0]["message"] and "Report: http://localhost:" in notes[0]["message"]
     assert env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(receiver.received)

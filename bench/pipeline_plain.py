@@ -1,0 +1,90 @@
+"""The training pipeline's stages as plain functions in one process, without Prefect: what
+`python flows/train_flow.py` would cost with no orchestration at all. bench/run.py runs it beside
+the flow, same seed, same store kind, to put the orchestration's own cost on record.
+
+    python bench/pipeline_plain.py MIRROR SEED [--model mlp|cnn]
+
+It calls the same stage functions as flows/train_flow.py, in the same order, and prints a JSON line
+with the time of each stage. (Not part of the product: the flow is the pipeline.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mnist_pipeline import registry  # noqa: E402
+from mnist_pipeline.dataset import MNIST_SHA256  # noqa: E402
+from mnist_pipeline.params import parse_params  # noqa: E402
+from mnist_pipeline.provenance import git_commit, package_versions  # noqa: E402
+from mnist_pipeline.settings import load_settings  # noqa: E402
+from mnist_pipeline.store import open_store  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("mirror")
+    p.add_argument("seed", type=int)
+    p.add_argument("--model", default="mlp")
+    args = p.parse_args()
+    from mnist_pipeline.comparison import with_production
+    from tasks.evaluate import evaluate_model
+    from tasks.fetch import fetch_mnist
+    from tasks.gate import decide, preflight
+    from tasks.normalize import normalize_and_split
+    from tasks.plots import render_plots
+    from tasks.report import render_report, report_input
+    from tasks.store_artifacts import store_manifest, store_run_files
+    from tasks.train import train_model
+    from tasks.validate import validate_mnist
+
+    t_start = time.perf_counter()
+    settings = load_settings(MNIST_STORE_URL=os.environ.get("MNIST_STORE_URL") or tempfile.mkdtemp(),
+                             MNIST_MIRRORS=args.mirror)
+    store, params = open_store(settings), parse_params(model=args.model, seed=args.seed)
+    run_id, min_accuracy, timings, started = str(uuid.uuid4()), settings.min_accuracy, {}, datetime.now(timezone.utc)
+
+    def stage(name, fn, *a):
+        t0 = time.perf_counter()
+        value = fn(*a)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        return value
+
+    stage("preflight", preflight, store)
+    raw = stage("fetch", fetch_mnist, store, settings.mirrors, settings.deadline_s)
+    arrays, profile = stage("validate", validate_mnist, raw)
+    splits = stage("normalize", normalize_and_split, arrays, params.validation_size, params.seed)
+    trained = stage("train", train_model, splits, params, store, run_id)
+    evaluation = stage("evaluate", evaluate_model, trained.model, splits.x_test, splits.y_test)
+    accuracy = evaluation.metrics["test_accuracy"]
+    plots = stage("plots", render_plots, trained.history, evaluation, splits.x_test, splits.y_test, min_accuracy)
+    decision = stage("gate", decide, store, accuracy, params, min_accuracy)
+    comparison = (with_production(store, decision.production_run_id, splits.y_test, evaluation.y_pred)
+                  if decision.production_run_id else None)
+    provenance = {"git_commit": git_commit(), "versions": package_versions(), "dataset_sha256": MNIST_SHA256,
+                  "timings_s": timings, "started_at": started.isoformat()}
+    html = stage("report", lambda: render_report(report_input(run_id, params, min_accuracy, profile, evaluation,
+                                                               trained, decision, provenance, plots, comparison)))
+    files = stage("store", store_run_files, store, run_id, evaluation, plots, html)
+    files[trained.model_key] = trained.model_file
+    stage("manifest", store_manifest, store, run_id, {"run_id": run_id, "files": files, "test_accuracy": accuracy})
+    candidate = registry.Candidate(run_id, trained.model_file["sha256"], accuracy)
+    result = stage("promote", lambda: registry.promote(store, candidate, min_accuracy=min_accuracy, source="flow"))
+    print(json.dumps({"run_id": run_id, "test_accuracy": accuracy, "promoted": result.promoted,
+                      "train_seconds": trained.train_seconds, "timings_s": timings,
+                      "in_process_s": round(time.perf_counter() - t_start, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
