@@ -291,3 +291,24 @@ def test_predict_classifies_digits_rendered_from_mnist_as_the_model_does(runs, c
     bad = cli("predict", str(tmp_path / "text.png"), paths[0])
     assert bad.code == 1 and error_line(bad) == f"error: {tmp_path}/text.png is not an image Pillow can read (give a PNG or JPEG)"
     assert bad.out.startswith(paths[0])  # the readable image was still classified
+
+
+def test_stray_s3_keys_are_skipped_with_a_warning(s3_store, s3_env, moto_server, zoo, mnist_mirror, monkeypatch, capfd):
+    """Keys that something else wrote (`runs/../x`, a console's `runs/zzz/` folder marker)."""
+    import boto3
+
+    cache_test_set(s3_store, mnist_mirror)
+    store_run(s3_store, "run-a", zoo[0])
+    client = boto3.client("s3", endpoint_url=moto_server.endpoint, region_name="us-east-1")
+    for key in ("runs/../x", "runs/zzz/", "runs/with space/x"):
+        client.put_object(Bucket=s3_env["MNIST_STORE_URL"][5:], Key=key, Body=b"")
+    monkeypatch.setenv("MNIST_MIN_ACCURACY", "0.5")
+    for args in (["runs", "--all"], ["runs"], ["gc", "--keep-last", "1", "--dry-run"], ["verify"]):
+        code = main(args)
+        captured = capfd.readouterr()
+        assert code in (0, 1) and "Traceback" not in captured.out + captured.err, (args, captured)
+        if args[0] == "runs" and "--all" in args:
+            assert code == 0 and [line.split("\t")[0] for line in captured.out.splitlines()[1:]] == ["run-a"]
+            assert "skipped runs/../: not a run id" in captured.err and "skipped runs/zzz/: no run files" in captured.err
+        if args[0] == "verify":
+            assert "runs/../x: a foreign object" in captured.out
