@@ -171,7 +171,10 @@ def trial_epochs(hp_values: dict, epochs: int) -> int:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    try:
+        text = str(exc).strip().splitlines()
+    except Exception:  # an exception whose __str__ fails still names its type
+        text = []
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
