@@ -133,8 +133,10 @@ def run_search(p: TuneParams, store, run_id: str, source: DataSource, log) -> tu
             def on_record(record: dict) -> None:
                 store_trial_record(store, run_id, record)
                 score = "%.4f" % record["val_accuracy"] if record["val_accuracy"] is not None else "-"
-                log.info("trial %s %s: val_accuracy %s, %s s on %s%s", record["trial_id"], record["status"],
-                         score, record["seconds"], record["worker"],
+                rerun = (f", rerun after {record['earlier_starts']} start(s) on a lost worker"
+                         if record.get("earlier_starts") else "")
+                log.info("trial %s %s: val_accuracy %s, %s s on %s%s%s", record["trial_id"],
+                         record["status"], score, record["seconds"], record["worker"], rerun,
                          f" ({record['error']})" if record["error"] else "")
 
             records = drive_search(oracle, launch, partial(dask_wait_any, log=log), max_parallel=parallel,

@@ -219,12 +219,30 @@ def run_trial(hp_values: dict, model_kind: str, epochs: int, seed: int, data_sou
     return record
 
 
+def earlier_starts() -> int | None:
+    """How many times this task run started before, on a worker that was lost: Dask reruns the
+    task with the same Prefect task run id, so its state history shows one Running per start.
+    Best effort (None when the API cannot say): it only annotates the record."""
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.context import TaskRunContext
+
+        ctx = TaskRunContext.get()
+        now = ctx.task_run.state.timestamp
+        with get_client(sync_client=True) as client:
+            states = client.read_task_run_states(ctx.task_run.id)
+        return sum(1 for s in states if s.type.value == "RUNNING" and s.timestamp < now)
+    except Exception:
+        return None
+
+
 @task(name="tune-trial", retries=0, cache_policy=NO_CACHE, task_run_name="trial {trial_id}")
 def trial_task(trial_id: str, hp_values: dict, model_kind: str, epochs: int, seed: int,
                data_source: DataSource, threads: int | None = None) -> dict:
     """No retries: a failed trial is a result to record. A lost worker is Dask's business (it
-    reruns the task on another worker)."""
-    return {"trial_id": trial_id, **run_trial(hp_values, model_kind, epochs, seed, data_source, threads)}
+    reruns the task on another worker, under the same task run id)."""
+    return {"trial_id": trial_id, "earlier_starts": earlier_starts(),
+            **run_trial(hp_values, model_kind, epochs, seed, data_source, threads)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +307,8 @@ def finish_trial(oracle, trial, outcome: dict) -> dict:
         "hyperparameters": {k: v for k, v in values.items() if k not in HYPERBAND_KEYS},
         "hyperband": {k: values[k] for k in HYPERBAND_KEYS if k in values} or None,
         "error": None if completed else (outcome.get("error") or "failed without a reason"),
+        # > 0: the trial was started on a worker that was lost, and rerun (on `worker`)
+        "earlier_starts": outcome.get("earlier_starts"),
     }
 
 

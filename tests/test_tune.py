@@ -212,20 +212,22 @@ class DaskCluster:
         return self._client
 
     def worker_pids(self) -> dict[str, int]:
-        return {addr: info["pid"] for addr, info in self.client().scheduler_info(n_workers=-1)["workers"].items()}
+        return self.client().run(os.getpid)
 
     def stop(self) -> None:
+        """Workers first, then the scheduler (a scheduler gone first makes workers log errors)."""
         if hasattr(self, "_client"):
             self._client.close()
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        for group in (self.workers, self.procs[:1]):
+            for proc in group:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
 
 
 @pytest.fixture
@@ -246,6 +248,8 @@ def cluster(tune_env, tmp_path):
 
 
 def tune_flow(env: dict, cluster: DaskCluster, *args: str) -> FlowProcess:
+    """4 trials of 1 epoch on 8,000 images (about 1.5 s each once a worker has TensorFlow and
+    the data loaded); the best candidate then trains 1 epoch on the full split, and is gated."""
     return FlowProcess([sys.executable, "flows/tune_flow.py", "--trials", "4", "--epochs", "1",
                         "--train-limit", "8000", "--min-accuracy", "0.5", *args], REPO,
                        dict(env, MNIST_DASK_ADDRESS=cluster.address))
@@ -268,6 +272,9 @@ def test_search_on_a_dask_cluster_names_each_trials_worker_and_gates_the_best(tu
     assert len(records) == 4 and all(r["status"] == COMPLETED for r in records)
     workers = set(cluster.worker_pids())
     assert {r["worker"] for r in records} == workers  # both workers ran trials, and are named
+    # 0, not None: each worker reached the flow's temporary Prefect API (its URL travels in the
+    # task's serialized settings; the workers' own environment has no PREFECT_API_URL).
+    assert [r["earlier_starts"] for r in records] == [0, 0, 0, 0]
     assert search["best"]["trial_id"] == max(records, key=lambda r: r["val_accuracy"])["trial_id"]
     production = json.loads((Path(tune_env["MNIST_STORE_URL"]) / "registry" / "production.json").read_text())
     assert production["run_id"] == run_id  # the best candidate went through the gate and was promoted
@@ -294,7 +301,15 @@ def test_search_survives_a_worker_killed_mid_trial(tune_env, cluster):
                 victim = addr
         time.sleep(0.05)
     assert victim, "no worker started a second trial:\n" + flow.output[-3000:]
-    time.sleep(0.5)
+    # Kill once the victim has spent 0.8 s of CPU on that trial: well into `fit`.
+    import psutil
+
+    victim_proc = psutil.Process(pids[victim])
+    cpu0 = sum(victim_proc.cpu_times()[:2])
+    while sum(victim_proc.cpu_times()[:2]) - cpu0 < 0.8 and victim in client.processing() \
+            and client.processing()[victim]:
+        time.sleep(0.02)
+    assert client.processing().get(victim), "the victim's trial ended before the kill; give trials more work"
     os.kill(pids[victim], signal.SIGKILL)
     killed_at = time.monotonic()
     code = flow.wait(900)
@@ -306,6 +321,9 @@ def test_search_survives_a_worker_killed_mid_trial(tune_env, cluster):
     assert survivor in {r["worker"] for r in records}
     # The trial the victim held was rerun by the survivor; at least one trial ran there after the kill.
     assert sum(r["worker"] == survivor for r in records) >= 2
+    rerun = [r for r in records if r["earlier_starts"]]
+    assert len(rerun) == 1 and rerun[0]["worker"] == survivor, records  # the killed trial, finished elsewhere
+    assert "rerun after 1 start(s) on a lost worker" in flow.output
     assert time.monotonic() - killed_at < 600
 
 
