@@ -490,8 +490,16 @@ def score_plots(records: list[dict], model_kind: str) -> bytes:
         if failed:
             ax.scatter([r["hyperparameters"].get(d.name) for r in failed], [floor] * len(failed),
                        marker="x", color="tab:red", label="failed")
-        if d.log:
-            ax.set_xscale("log")
+        # The whole declared range on the axis: it shows which part of the space was tried.
+        if d.kind == "choice":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(list(d.values), [str(v) for v in d.values])
+            ax.set_xlim(min(d.values) / 1.3, max(d.values) * 1.3)
+        else:
+            if d.log:
+                ax.set_xscale("log")
+            pad = 0 if d.log else (d.high - d.low) * 0.05
+            ax.set_xlim(d.low * (0.8 if d.log else 1) - pad, d.high * (1.25 if d.log else 1) + pad)
         ax.set(xlabel=d.name, ylabel="validation accuracy")
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(dims):]:

@@ -114,6 +114,21 @@ def test_every_trial_failed_is_one_line_error():
     assert "\n" not in str(err.value) and str(err.value).startswith("all 5 trials failed (first: training diverged")
 
 
+def test_bayesian_needs_scipy_and_sklearn_or_says_so_in_one_line():
+    from mnist_pipeline.errors import PermanentError
+
+    try:
+        import scipy  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError:
+        with pytest.raises(PermanentError, match=r"^the bayesian algorithm needs scipy and scikit-learn"):
+            make_oracle("bayesian", "mlp", 4, 1, 1)
+    else:
+        fake = FakeCluster()
+        assert len(drive_search(make_oracle("bayesian", "mlp", 4, 1, 1), fake.launch, fake.wait_any,
+                                max_parallel=2, max_trials=4)) == 4
+
+
 def test_lost_worker_outcome_is_a_failed_trial():
     from distributed.scheduler import KilledWorker
 
@@ -131,6 +146,8 @@ def test_report_has_trials_table_and_score_plots():
                              cluster="test", workers=["tcp://w:1"], seconds=3.0, records=records,
                              best=best_record(records))
     page = render_search_report("run-1", summary, records)
+    if os.environ.get("TUNE_REPORT_OUT"):  # to look at it: TUNE_REPORT_OUT=/tmp/r.html pytest -k report
+        Path(os.environ["TUNE_REPORT_OUT"]).write_text(page)
     assert page.count("<tr>") >= 6 + 1 + 6 and "data:image/png;base64," in page and "augment_shift" in page
     rows = table_rows(records, "cnn")
     assert [r["trial"] for r in rows] == sorted(r["trial_id"] for r in records)
