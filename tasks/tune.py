@@ -347,7 +347,8 @@ def drive_search(oracle, launch: Callable[[str, dict], object],
     ends, so the oracle proposes with every result known so far.
 
     launch(trial_id, hp_values) -> a future; wait_any({trial_id: future}) -> (trial_id, outcome)
-    pairs for the futures that are done (at least one). Returns the records in end order."""
+    pairs for the futures that are done (at least one); an outcome with "abort_search" ends the
+    search once the trials in flight are in. Returns the records in end order."""
     from keras_tuner.engine.trial import TrialStatus
 
     in_flight: dict[str, tuple] = {}  # trial_id -> (slot, trial, future, submitted at)
@@ -370,6 +371,8 @@ def drive_search(oracle, launch: Callable[[str, dict], object],
         for trial_id, outcome in wait_any({tid: fut for tid, (_, _, fut, _) in in_flight.items()}):
             slot, trial, _, submitted = in_flight.pop(trial_id)
             free_slots.append(slot)
+            if outcome.get("abort_search"):
+                exhausted = True  # e.g. no worker left: launching more would only wait again
             record = finish_trial(oracle, trial, outcome)
             # From submission to result: `seconds` plus Prefect's and Dask's overhead (and any rerun).
             record["wall_seconds"] = round(time.perf_counter() - submitted, 3)
@@ -411,7 +414,7 @@ def dask_wait_any(futures: dict, poll_s: float = 2.0, no_worker_timeout_s: float
             for f in by_dask:
                 f.cancel()
             error = f"no Dask worker for {no_worker_timeout_s:.0f} s; start workers for the scheduler"
-            return [(tid, {"status": FAILED, "error": error}) for tid in futures]
+            return [(tid, {"status": FAILED, "error": error, "abort_search": True}) for tid in futures]
 
 
 def outcome_of(future) -> dict:

@@ -105,6 +105,17 @@ def test_hyperband_budgets_come_from_its_brackets():
     assert all(r["epochs"] == r["hyperband"]["tuner/epochs"] for r in records)
 
 
+def test_an_aborting_outcome_stops_launching_trials():
+    """What dask_wait_any returns when the cluster has had no worker for too long."""
+    def wait_any(futures):
+        return [(tid, {"status": FAILED, "error": "no Dask worker for 120 s", "abort_search": True})
+                for tid in futures]
+
+    records = drive_search(make_oracle("random", "mlp", 10, 1, 1), lambda tid, hp: hp, wait_any,
+                           max_parallel=2, max_trials=10)
+    assert len(records) == 2 and all(r["error"] == "no Dask worker for 120 s" for r in records)
+
+
 def test_every_trial_failed_is_one_line_error():
     fake = FakeCluster(fail_above=0.0)
     records = drive_search(make_oracle("random", "mlp", 5, 1, 1), fake.launch, fake.wait_any,
