@@ -63,6 +63,8 @@ def train_flow(
 
 
 def run_pipeline(params: TrainParams, tuning: dict | None = None):
+    """fetch to promote for one model; `tuning`: the search that chose it (its hyperparameters
+    are trained, and the manifest links the search)."""
     run_id, settings, started, timings = plumbing.current_run_id(), load_settings(), now(), {}
     store = open_store(settings)
     min_accuracy = settings.min_accuracy if params.min_accuracy is None else params.min_accuracy
@@ -79,7 +81,7 @@ def run_pipeline(params: TrainParams, tuning: dict | None = None):
         splits = normalize_task(arrays, params.validation_size, params.seed)
     del raw, arrays
     with timed(timings, "train"):
-        trained = train_task(splits, params, store, run_id)
+        trained = train_task(splits, params, store, run_id, (tuning or {}).get("hyperparameters"))
     x_test, y_test = splits.x_test, splits.y_test
     del splits  # the training and validation images (190 MB) are done with: free them
     with timed(timings, "evaluate"):

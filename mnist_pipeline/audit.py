@@ -24,6 +24,7 @@ from mnist_pipeline.store import ArtifactStore, ObjectInfo
 SMALL_FILE = 1 << 20  # hashed on a folder store even without --deep: reading them is cheap
 KNOWN_TOP = ("runs/", "registry/", "datasets/mnist/")
 RUN_EXTRAS = ("manifest.json", "history.json", registry.TOMBSTONE)  # not listed in the manifest
+RUN_EXTRA_FOLDERS = ("tuning/",)  # a tune run's trials and search report (flows/tune_flow.py)
 
 
 @dataclass
@@ -171,7 +172,8 @@ def check_run(store: ArtifactStore, run_id: str, files: list[ObjectInfo], deep: 
     problems = [p for key, rec in recorded.items()
                 if (p := _file_problem(store, key, rec if isinstance(rec, dict) else {}, listed.get(key),
                                        collected, deep))]
-    extra = [k for k in listed if k not in recorded and k[len(prefix):] not in RUN_EXTRAS]
+    extra = [k for k in listed if k not in recorded and k[len(prefix):] not in RUN_EXTRAS
+             and not k[len(prefix):].startswith(RUN_EXTRA_FOLDERS)]
     problems += [f"{k}: not listed in its run's manifest" for k in extra]
     if f"{prefix}predictions.npy" in listed and (problem := _accuracy_problem(store, run_id, manifest, labels)):
         problems.append(problem)

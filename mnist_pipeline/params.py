@@ -59,11 +59,42 @@ class TrainParams(BaseModel):
         return {**values, **{k: v for k, v in defaults.items() if values.get(k) is None}}
 
 
-def documented_params(summary: str):
+Trials = Annotated[int, Field(ge=1, le=1000, description="Trials to run (Hyperband: at most this many).")]
+MaxParallel = Annotated[Optional[int], Field(
+    ge=1, le=256, description="Trials in flight at once. Empty: one per Dask worker thread.")]
+TrialEpochs = Annotated[int, Field(ge=1, le=500, description=(
+    "Epochs per trial (Hyperband: the most any trial gets); the best candidate is trained as long as its trial."))]
+Algorithm = Annotated[Literal["random", "bayesian", "hyperband"], Field(
+    description="Keras Tuner's search algorithm: random, bayesian (Gaussian process) or hyperband.")]
+TrainLimit = Annotated[Optional[int], Field(
+    ge=100, le=55000, description="Trials train on the first N training images only (quick tests, benchmarks). "
+                                  "Empty: all.")]
+
+
+class TuneParams(BaseModel):
+    """A hyperparameter search (flows/tune_flow.py); the gate's parameters as for a training run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelKind = "mlp"
+    trials: Trials = 8
+    max_parallel: MaxParallel = None
+    epochs: TrialEpochs = 3
+    algorithm: Algorithm = "random"
+    min_accuracy: MinAccuracy = None
+    max_regression: MaxRegression = 0.005
+    allow_regression: AllowRegression = False
+    validation_size: ValidationSize = 5000
+    seed: Seed = 42
+    train_limit: TrainLimit = None
+
+
+def documented_params(summary: str, schema=None):
     """Give a flow function a Google-style docstring of its parameters, before @flow reads it:
     Prefect puts the "Args:" section into the parameter schema that the UI's run form shows."""
     lines = [summary, "", "Args:"]
-    lines += [f"    {name}: {field.description}" for name, field in TrainParams.model_fields.items()]
+    fields = (schema or TrainParams).model_fields
+    lines += [f"    {name}: {field.description}" for name, field in fields.items()]
 
     def decorate(fn):
         fn.__doc__ = "\n".join(lines)
@@ -71,10 +102,11 @@ def documented_params(summary: str):
     return decorate
 
 
-def parse_params(**values) -> TrainParams:
-    """TrainParams, or a one-line ConfigError naming the parameter and its allowed range."""
+def parse_params(schema=None, /, **values):
+    """TrainParams (or the `schema` given, e.g. TuneParams), or a one-line ConfigError naming the
+    parameter and its allowed range."""
     try:
-        return TrainParams(**values)
+        return (schema or TrainParams)(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]) or "parameters"

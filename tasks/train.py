@@ -110,7 +110,10 @@ def _callbacks(model, on_epoch) -> tuple[list, str]:
 
 
 def train_model(data: Splits, params: TrainParams, store: ArtifactStore, run_id: str,
-                on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+                on_epoch: Callable[[int, dict], None] | None = None,
+                hyperparameters: dict | None = None) -> TrainResult:
+    """`hyperparameters`: a point of the search space (mnist_pipeline/search_space.py), for a
+    tuned candidate; None for the model's own recipe."""
     model_key, history_key = f"runs/{run_id}/model.keras", f"runs/{run_id}/history.json"
     if store.exists(model_key) and store.exists(history_key):
         # A retried flow run: the model of an earlier attempt is whole (writes are atomic); reuse it,
@@ -126,7 +129,12 @@ def train_model(data: Splits, params: TrainParams, store: ArtifactStore, run_id:
     use_threads_for(params.model)
     keras.utils.set_random_seed(params.seed)
     steps = params.epochs * math.ceil(len(data.x_train) / params.batch_size)
-    model = build_model(params.model, params.learning_rate, steps)
+    if hyperparameters:
+        from tasks.tune import build_tuned_model
+
+        model = build_tuned_model(params.model, hyperparameters, steps)
+    else:
+        model = build_model(params.model, params.learning_rate, steps)
     callbacks, weights = _callbacks(model, on_epoch)
     t0 = time.perf_counter()
     fit = model.fit(as_tensor(data.x_train), data.y_train, epochs=params.epochs,
@@ -150,7 +158,8 @@ def train_model(data: Splits, params: TrainParams, store: ArtifactStore, run_id:
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(data: Splits, params: TrainParams, store: ArtifactStore, run_id: str) -> TrainResult:
+def train_task(data: Splits, params: TrainParams, store: ArtifactStore, run_id: str,
+               hyperparameters: dict | None = None) -> TrainResult:
     log = get_run_logger()
     progress_id = create_progress_artifact(progress=0.0, key="mnist-training-progress",
                                            description=f"training {params.model}, {params.epochs} epochs")
@@ -161,7 +170,7 @@ def train_task(data: Splits, params: TrainParams, store: ArtifactStore, run_id: 
                  logs.get("val_loss", np.nan), logs.get("val_accuracy", np.nan), logs["seconds"])
         update_progress_artifact(progress_id, progress=100.0 * epoch / params.epochs)
 
-    result = train_model(data, params, store, run_id, on_epoch)
+    result = train_model(data, params, store, run_id, on_epoch, hyperparameters)
     if result.reused:
         log.info("reusing the model stored by an earlier attempt of this run: %s", result.model_key)
         update_progress_artifact(progress_id, progress=100.0)

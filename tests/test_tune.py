@@ -308,6 +308,9 @@ def test_search_on_a_dask_cluster_names_each_trials_worker_and_gates_the_best(tu
     assert production["run_id"] == run_id  # the best candidate went through the gate and was promoted
     manifest = json.loads((Path(tune_env["MNIST_STORE_URL"]) / "runs" / run_id / "manifest.json").read_text())
     assert manifest["parameters"]["learning_rate"] == search["best"]["hyperparameters"]["learning_rate"]
+    assert manifest["tuning"]["hyperparameters"] == search["best"]["hyperparameters"]  # linked, and trained
+    assert manifest["tuning"]["search"] == f"runs/{run_id}/tuning/search.json"
+    assert manifest["model_reused_from_earlier_attempt"] is False
     assert (Path(tune_env["MNIST_STORE_URL"]) / "runs" / run_id / "tuning" / "report.html").is_file()
 
 
