@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mnist_pipeline.params import MODEL_DEFAULTS
+
 ALGORITHMS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_accuracy"  # scored on the validation split only; the test set is for the gate
 
@@ -37,22 +39,21 @@ class Dimension:
 
 
 SPACE: tuple[Dimension, ...] = (
-    Dimension("learning_rate", "float", ("mlp", "cnn"), 1e-3, "Adam learning rate (CNN: its cosine decay's start)",
+    Dimension("learning_rate", "float", ("mlp", "cnn"), 1e-3, "Adam learning rate (cnn: the peak of its one-cycle schedule)",
               low=1e-4, high=1e-2, log=True),
     Dimension("units", "choice", ("mlp", "cnn"), 128,
               "width: first hidden Dense layer (MLP: the second has half as many)", values=(64, 128, 256, 512)),
     Dimension("dropout", "float", ("mlp", "cnn"), 0.0,
-              "dropout after each hidden Dense layer (CNN: before the last one; after the convolutions it is 0.25)",
+              "dropout after each hidden Dense layer (cnn: after its dense layer)",
               low=0.0, high=0.5, step=0.1),
     Dimension("batch_size", "choice", ("mlp", "cnn"), 32, "images per gradient step", values=(32, 64, 128, 256)),
     Dimension("filters", "choice", ("cnn",), 16, "filters of the first conv block (the second has twice as many)",
               values=(8, 16, 32)),
-    Dimension("augment_shift", "float", ("cnn",), 0.08,
-              "augmentation: random shifts up to this fraction of the image while training (0 = none)",
-              low=0.0, high=0.12, step=0.04),
+    Dimension("augment_shift_px", "choice", ("cnn",), 2,
+              "augmentation: random shifts of up to this many pixels while training (0 = none)", values=(0, 1, 2, 3)),
 )
-# The CNN's dense dropout in tasks/train.py is 0.4; its own default here says so.
-CNN_DEFAULTS = {"dropout": 0.4}
+# The cnn's own learning rate and batch size (mnist_pipeline/params.py MODEL_DEFAULTS).
+CNN_DEFAULTS = {k: MODEL_DEFAULTS["cnn"][k] for k in ("learning_rate", "batch_size")}
 
 
 def dimensions_for(model_kind: str) -> tuple[Dimension, ...]:

@@ -32,16 +32,6 @@ class TrainResult:
     reused: bool = False
 
 
-# Each model's own defaults: the lead wires the flow so that an empty epochs/batch_size/learning_rate
-# means these. The MLP's are the README's. The cnn's: few epochs of large batches under a one-cycle
-# learning rate (docs/cnn.md). Batch 256 rather than 128: as accurate (0.9950 against 0.9944, seed
-# 42, 6 epochs) with half the steps. Peak 0.004: 0.008 gave the same 0.9950. 7 epochs: 0.9951 mean
-# over seeds 42-44 in 31-36 s of training; 10 epochs reached only 0.9954 (seed 42) in 55 s.
-MODEL_DEFAULTS = {
-    "mlp": {"epochs": 10, "batch_size": 32, "learning_rate": 0.001},
-    "cnn": {"epochs": 7, "batch_size": 256, "learning_rate": 0.004},
-}
-
 # Share of the training steps over which the cnn's learning rate climbs from a tenth of its peak to
 # the peak; a cosine takes it back to zero over the rest.
 CNN_WARMUP_FRACTION = 0.2
@@ -59,8 +49,19 @@ def one_cycle(peak: float, total_steps: int):
         warmup_target=peak if warmup else None, warmup_steps=warmup)
 
 
-def cnn_layers() -> list:
-    """The cnn's body, as measured in docs/cnn.md (55,000 training images, seed 42 unless said)."""
+def mlp_layers(units: int = 128, dropout: float = 0.0) -> list:
+    """The README model's hidden layers (Dense 128 relu, Dense 64 relu); the tuner varies them."""
+    from keras import layers
+
+    drop = [layers.Dropout(dropout)] if dropout > 0 else []
+    return [layers.Flatten(), layers.Dense(units, activation="relu"), *drop,
+            layers.Dense(units // 2, activation="relu"), *drop]
+
+
+def cnn_layers(filters: int = 16, units: int = 128, dropout: float = 0.0, shift_px: int = 2) -> list:
+    """The cnn's body, as measured in docs/cnn.md (55,000 training images, seed 42 unless said).
+    The arguments are what the tuner varies (mnist_pipeline/search_space.py); their defaults are
+    the recipe."""
     from keras import layers
 
     # bfloat16 maths in the convolutions and the dense layer, float32 variables: this CPU has
@@ -71,11 +72,12 @@ def cnn_layers() -> list:
     # +-2 px shifts while training (Keras applies them only when training=True): 0.9950 against
     # 0.9930 without. 3 px shifts (0.9942), rotations even of 5 degrees (0.9936) and rotations
     # with zooms (0.9929) cost accuracy in a training this short.
-    body = [layers.Reshape((28, 28, 1)),
-            layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant")]
+    body = [layers.Reshape((28, 28, 1))]
+    if shift_px:
+        body.append(layers.RandomTranslation(shift_px / 28, shift_px / 28, fill_mode="constant"))
     # Two 5x5 conv blocks of 16 and 32 filters: wider (24/48: 0.9955 in 47 s; 32/64: 0.9947 in 45 s
     # for the 5 epochs that fit) or deeper (a third conv: 0.9951 in 46 s) paid nothing here.
-    for filters in (16, 32):
+    for width in (filters, 2 * filters):
         # Pool before batch norm and ReLU: nearly the same model (a max commutes with ReLU and
         # with a per-channel affine map of positive scale; batch statistics are then taken over
         # the pooled values), but Keras's unfused batch norm then runs on a quarter of the
@@ -84,28 +86,32 @@ def cnn_layers() -> list:
         # and the default 0.99's moving statistics lagged so far behind after one epoch that the
         # test accuracy was 0.14 (0.97 on validation images with the batch's own statistics).
         # 0.99 over a whole run was not measured.
-        body += [layers.Conv2D(filters, 5, use_bias=False, dtype=bf16), layers.MaxPooling2D(dtype=bf16),
+        body += [layers.Conv2D(width, 5, use_bias=False, dtype=bf16), layers.MaxPooling2D(dtype=bf16),
                  layers.BatchNormalization(momentum=0.9, dtype=bf16), layers.Activation("relu", dtype=bf16)]
     # No dropout: 0.9945 with 0.3 after the dense layer against 0.9950 without, in 6 epochs.
-    body += [layers.Flatten(dtype=bf16), layers.Dense(128, use_bias=False, dtype=bf16),
+    body += [layers.Flatten(dtype=bf16), layers.Dense(units, use_bias=False, dtype=bf16),
              layers.BatchNormalization(momentum=0.9, dtype=bf16), layers.Activation("relu", dtype=bf16)]
-    return body
+    return body + ([layers.Dropout(dropout)] if dropout > 0 else [])
 
 
-def build_model(kind: str, learning_rate: float, total_steps: int = 1):
+def build_model(kind: str, learning_rate: float, total_steps: int = 1, hyperparameters: dict | None = None):
+    """The model of `kind`; `hyperparameters` (units, dropout; for the cnn filters and
+    augment_shift_px) vary its shape for the tuner, and default to the recipe."""
     import keras
     from keras import layers
 
+    hp = hyperparameters or {}
+    shape = {k: hp[k] for k in ("units", "dropout") if k in hp}
     if kind == "mlp":  # the README model: its layers, Adam at a fixed learning rate, 10 epochs
-        body = [layers.Flatten(), layers.Dense(128, activation="relu"),
-                layers.Dense(64, activation="relu")]
+        body = mlp_layers(**shape)
         # Keep an exponential moving average of the weights (Polyak averaging, Adam's own option)
         # and ship that: the last epoch's raw weights are a noisy draw. On the 55,000 images left
         # after the validation split: 0.9793 mean test accuracy over seeds 42-51 against 0.9760
         # without (measured); ~2 s more training.
         optimizer = keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=0.99)
     else:
-        body = cnn_layers()
+        body = cnn_layers(**shape, **({"filters": hp["filters"]} if "filters" in hp else {}),
+                          **({"shift_px": hp["augment_shift_px"]} if "augment_shift_px" in hp else {}))
         # No weight averaging and no label smoothing: the learning rate decays to zero, so the
         # last weights are already settled. Adam's use_ema with label smoothing 0.1 gave 0.9951
         # mean over seeds 42-44 against 0.9951 without.

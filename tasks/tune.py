@@ -4,7 +4,7 @@ wherever the task runner sends it (Dask workers). The test set is never loaded f
 
 Trial side (runs on a worker): `run_trial` (pure) and `trial_task` (its thin Prefect task).
 Flow side: `make_oracle`, `drive_search` (keeps up to K trials in flight), `dask_wait_any`,
-`best_record`, the trial records, the report, and `train_candidate` for the winner.
+`best_record`, the trial records and the report; the winner is trained by the pipeline's own train stage.
 """
 
 from __future__ import annotations
@@ -110,44 +110,13 @@ def current_worker() -> str:
         return "local"
 
 
-def _compile(model, optimizer):
-    """tasks/train.py's compile settings (build_model), so a trial trains as the pipeline does."""
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=1024, jit_compile=False)
-    return model
-
-
 def build_tuned_model(kind: str, hp_values: dict, total_steps: int = 1):
-    """The model for one point of the search space. With default_values(kind) it is layer for
-    layer tasks/train.py's build_model (tests/test_tune.py checks it)."""
-    import keras
-    from keras import layers
+    """The model for one point of the search space: tasks/train.py's build_model with these
+    hyperparameters (with default_values(kind) it is the shipped model, layer for layer)."""
+    from tasks.train import build_model
 
     v = {**default_values(kind), **{k: hp_values[k] for k in hp_values if k not in HYPERBAND_KEYS}}
-    units, dropout, lr = int(v["units"]), float(v["dropout"]), float(v["learning_rate"])
-    drop = [layers.Dropout(dropout)] if dropout > 0 else []
-    if kind == "mlp":
-        body = [layers.Flatten(), layers.Dense(units, activation="relu"), *drop,
-                layers.Dense(units // 2, activation="relu"), *drop]
-        # Polyak averaging as in train.py: the averaged weights are the ones scored and shipped.
-        optimizer = keras.optimizers.Adam(lr, use_ema=True, ema_momentum=0.99)
-    elif kind == "cnn":
-        shift = float(v["augment_shift"])
-        body = [layers.Reshape((28, 28, 1))]
-        if shift > 0:
-            body.append(layers.RandomTranslation(shift, shift, fill_mode="constant"))
-        for filters in (int(v["filters"]), 2 * int(v["filters"])):
-            body += [layers.Conv2D(filters, 5, use_bias=False), layers.BatchNormalization(),
-                     layers.Activation("relu"), layers.MaxPooling2D()]
-        body += [layers.Dropout(0.25), layers.Flatten(), layers.Dense(units, use_bias=False),
-                 layers.BatchNormalization(), layers.Activation("relu"), *drop]
-        optimizer = keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(lr, max(1, total_steps), alpha=0.02))
-    else:
-        raise ValueError(f"unknown model kind {kind!r}; use mlp or cnn")
-    model = keras.Sequential([keras.Input((28, 28)), *body, layers.Dense(10, activation="softmax")],
-                             name=f"mnist_{kind}")
-    return _compile(model, optimizer)
+    return build_model(kind, float(v["learning_rate"]), total_steps, v)
 
 
 def set_trial_threads(kind: str, threads: int | None) -> None:
@@ -494,10 +463,13 @@ def score_plots(records: list[dict], model_kind: str) -> bytes:
             ax.scatter([r["hyperparameters"].get(d.name) for r in failed], [floor] * len(failed),
                        marker="x", color="tab:red", label="failed")
         # The whole declared range on the axis: it shows which part of the space was tried.
-        if d.kind == "choice":
+        if d.kind == "choice" and min(d.values) > 0:  # powers of two: a log axis spaces them evenly
             ax.set_xscale("log", base=2)
             ax.set_xticks(list(d.values), [str(v) for v in d.values])
             ax.set_xlim(min(d.values) / 1.3, max(d.values) * 1.3)
+        elif d.kind == "choice":  # counts from 0 (pixels of shift): a linear axis
+            ax.set_xticks(list(d.values), [str(v) for v in d.values])
+            ax.set_xlim(min(d.values) - 0.5, max(d.values) + 0.5)
         else:
             if d.log:
                 ax.set_xscale("log")
@@ -565,39 +537,6 @@ def search_summary(*, algorithm: str, model: str, trials: int, max_parallel: int
 # The winner, trained for the pipeline
 # ---------------------------------------------------------------------------------------------
 
-def train_candidate(splits, model_kind: str, hp_values: dict, epochs: int, seed: int,
-                    store, run_id: str, on_epoch=None) -> dict:
-    """Train the best configuration on the full training split as tasks/train.py trains (same
-    seed, threads, callbacks, EMA), validated on the validation split; store model.keras and
-    history.json under runs/<run_id>/ where the pipeline's train stage looks for them."""
-    import keras
-
-    from mnist_pipeline.errors import TrainingDiverged
-    from mnist_pipeline.models import model_to_bytes
-    from mnist_pipeline.tensors import as_tensor
-    from tasks.train import _callbacks, use_threads_for
-
-    use_threads_for(model_kind)
-    keras.utils.set_random_seed(seed)
-    batch_size = int(hp_values["batch_size"])
-    model = build_tuned_model(model_kind, hp_values, epochs * math.ceil(len(splits.x_train) / batch_size))
-    callbacks, weights = _callbacks(model, on_epoch)
-    t0 = time.perf_counter()
-    fit = model.fit(as_tensor(splits.x_train), splits.y_train, epochs=epochs, batch_size=batch_size,
-                    shuffle=True, verbose=0, validation_data=(as_tensor(splits.x_val), splits.y_val),
-                    callbacks=callbacks)
-    seconds = time.perf_counter() - t0
-    history = {k: [float(x) for x in vals] for k, vals in fit.history.items()}
-    losses = history.get("loss", [])
-    if len(losses) < epochs or not all(math.isfinite(x) for x in losses):
-        raise TrainingDiverged(f"the best trial's configuration diverged on the full training split "
-                               f"(loss NaN/inf at epoch {len(losses)}); nothing was stored; rerun the search")
-    store.put(f"runs/{run_id}/model.keras", model_to_bytes(model), "application/zip")
-    store.put(f"runs/{run_id}/history.json", json.dumps({"history": history, "train_seconds": seconds,
-                                                         "weights": weights}).encode(), "application/json")
-    return {"train_seconds": seconds, "weights": weights, "history": history}
-
-
 __all__ = ["DataSource", "SearchFailed", "run_trial", "trial_task", "build_tuned_model", "make_oracle",
            "drive_search", "dask_wait_any", "warm_worker", "best_record", "finish_trial", "store_trial_record",
-           "table_rows", "render_search_report", "search_summary", "train_candidate", "load_trial_data"]
+           "table_rows", "render_search_report", "search_summary", "load_trial_data"]

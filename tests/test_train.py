@@ -12,7 +12,8 @@ from mnist_pipeline.params import TrainParams
 from tasks.fetch import MNIST_SHA256
 from tasks.normalize import Splits, normalize_and_split
 from tasks.evaluate import predict_probabilities
-from tasks.train import MODEL_DEFAULTS, build_model, train_model
+from mnist_pipeline.params import MODEL_DEFAULTS
+from tasks.train import build_model, train_model
 from tasks.validate import validate_mnist
 
 

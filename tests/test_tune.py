@@ -39,7 +39,7 @@ def test_defaults_rebuild_the_pipelines_model(kind):
 
 def test_space_is_declared_once_and_sampled_within_bounds():
     assert {d.name for d in dimensions_for("mlp")} == {"learning_rate", "units", "dropout", "batch_size"}
-    assert {d.name for d in dimensions_for("cnn")} == {d.name for d in SPACE}  # + filters, augment_shift
+    assert {d.name for d in dimensions_for("cnn")} == {d.name for d in SPACE}  # + filters, augment_shift_px
     hp = hyperparameters_for("cnn")
     assert [p.name for p in hp.space] == [d.name for d in dimensions_for("cnn")]
     oracle = make_oracle("random", "cnn", trials=30, epochs=1, seed=3)
@@ -159,10 +159,10 @@ def test_report_has_trials_table_and_score_plots():
     page = render_search_report("run-1", summary, records)
     if os.environ.get("TUNE_REPORT_OUT"):  # to look at it: TUNE_REPORT_OUT=/tmp/r.html pytest -k report
         Path(os.environ["TUNE_REPORT_OUT"]).write_text(page)
-    assert page.count("<tr>") >= 6 + 1 + 6 and "data:image/png;base64," in page and "augment_shift" in page
+    assert page.count("<tr>") >= 6 + 1 + 6 and "data:image/png;base64," in page and "augment_shift_px" in page
     rows = table_rows(records, "cnn")
     assert [r["trial"] for r in rows] == sorted(r["trial_id"] for r in records)
-    assert {"worker", "val_accuracy", "seconds", "filters", "augment_shift", "error"} <= set(rows[0])
+    assert {"worker", "val_accuracy", "seconds", "filters", "augment_shift_px", "error"} <= set(rows[0])
 
 
 # -- one trial, in this process ----------------------------------------------------------------------
