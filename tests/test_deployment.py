@@ -156,20 +156,20 @@ def test_a_blocked_run_is_named_evented_and_notified(deployment, client, served,
     state = finished(client, run.id, 300, log_path)
     assert state.is_completed() and state.name == "Blocked"
     assert state.message.startswith("promotion blocked: 0.9") and state.message.endswith("< 0.9990")
-    notes = wait_for(lambda: [m for m in receiver.received if str(run.id)[:8] in m.get("title", "")], 30, "the notification")
+    notes = wait_for(lambda: [m for m in receiver.received if str(run.id)[:8] in m.get("title", "")], 30,
+                     "the notification")
     assert notes[0]["title"] == f"mnist-pipeline: run {str(run.id)[:8]} blocked"
     assert "< threshold 0.9990" in notes[0]["message"] and "Report: http://localhost:" in notes[0]["message"]
     assert env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(receiver.received)
 
-    def events():
+    def events():  # this run's blocked event, and a promotion's, both in the feed
         found = api_request(prefect_server[0], "/events/filter",
                             {"filter": {"event": {"prefix": ["mnist."]}}, "limit": 50})["events"]
-        names = {e["event"] for e in found}
-        return found if {"mnist.model.promoted", "mnist.promotion.blocked"} <= names else None
+        mine = [e for e in found if e["event"] == "mnist.promotion.blocked"
+                and e["resource"]["prefect.resource.id"] == f"mnist.run.{run.id}"]
+        return (mine[0], found) if mine and any(e["event"] == "mnist.model.promoted" for e in found) else None
 
-    found = wait_for(events, 30, "the events in the server's feed")
-    blocked = next(e for e in found if e["event"] == "mnist.promotion.blocked"
-                   and e["resource"]["prefect.resource.id"] == f"mnist.run.{run.id}")
+    blocked, found = wait_for(events, 30, "the events in the server's feed")
     assert blocked["resource"]["prefect.resource.id"] == f"mnist.run.{run.id}"
     assert blocked["payload"]["min_accuracy"] == 0.999 and blocked["payload"]["test_accuracy"] < 0.999
     promoted = next(e for e in found if e["event"] == "mnist.model.promoted")
