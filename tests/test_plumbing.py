@@ -40,8 +40,11 @@ def test_an_expected_error_is_logged_in_one_line_and_an_unexpected_one_with_its_
 
     from mnist_pipeline.errors import DatasetError
 
+    from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+
     logger = logging.getLogger("prefect.task_runs")
-    with caplog.at_level(logging.ERROR, logger="prefect.task_runs"):
+    with temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}), \
+            caplog.at_level(logging.ERROR, logger="prefect.task_runs"):
         for exc in (DatasetError("t10k-labels-idx1-ubyte: bad"), ZeroDivisionError("a bug")):
             try:
                 raise exc
