@@ -94,18 +94,20 @@ def on_run_failed(flow, flow_run, state) -> None:
     """Flow hook for a run that ended Failed (after its retries): the event and the alert."""
     message = (state.message or "unknown error").removeprefix("Flow run encountered an exception: ")
     outcome = notify.Outcome(str(flow_run.id), "failed", message)
+    log = logging.getLogger("mnist_pipeline.notify")
+    try:  # a run that failed on bad settings still gets its event: they are read apart
+        settings = load_settings()
+    except Exception as exc:
+        settings = None
+        log.warning("could not read the settings to report the failure: %s", exc)
     try:
-        from prefect.events import emit_event
+        from tasks.publish import emit_outcome_event
 
-        emit_event(event="mnist.run.failed",
-                   resource={"prefect.resource.id": f"mnist.run.{flow_run.id}",
-                             "prefect.resource.name": f"mnist run {str(flow_run.id)[:8]}"},
-                   related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
-                             "prefect.resource.role": "flow-run"}],
-                   payload={"run_id": str(flow_run.id), "reason": message, "flow": flow.name})
-        notify.send(load_settings(), outcome)
+        emit_outcome_event(outcome, settings.store_url if settings else None, flow=flow.name)
+        if settings:
+            notify.send(settings, outcome)
     except Exception as exc:  # never let reporting a failure raise another one
-        logging.getLogger("mnist_pipeline.notify").warning("could not report the failure: %s", exc)
+        log.warning("could not report the failure: %s", exc)
 
 
 # -- the process entry ------------------------------------------------------------------------------

@@ -242,7 +242,6 @@ class Candidate:
     run_id: str
     model_sha256: str
     test_accuracy: float  # measured on these bytes, never read from a file
-    recorded_accuracy: float | None = None
 
     @property
     def model_key(self) -> str:
@@ -277,7 +276,7 @@ def stored_candidate(store: ArtifactStore, run_id: str) -> Candidate:
         raise DamagedRegistry(
             f"{manifest_key(run_id)} records test accuracy {recorded:.4f}, but its model scores "
             f"{measured:.4f} on the 10,000 test images: the manifest was edited; {VERIFY_HINT}")
-    return Candidate(run_id, sha256(data), measured, recorded)
+    return Candidate(run_id, sha256(data), measured)
 
 
 # -- history --------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def plan(store: ArtifactStore, keep_last: int, keep_days: float | None = None,
     now = now or datetime.now(timezone.utc)
     production, _ = registry.read_production(store)
     result = Plan(kept=protected_runs(production), models_kept=production is None)
-    order, _ = run_order(store)
+    order = run_order(store)
     for index, (moment, run_id, _) in enumerate(order):
         if run_id in result.kept:
             continue

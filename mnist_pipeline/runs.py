@@ -137,9 +137,9 @@ def _unindexed_summary(store: ArtifactStore, run_id: str) -> RunSummary | None:
     return _from_manifest(run_id, manifest or {}, summary)
 
 
-def run_order(store: ArtifactStore) -> tuple[list[tuple[datetime, str, str | RunSummary]], int]:
+def run_order(store: ArtifactStore) -> list[tuple[datetime, str, str | RunSummary]]:
     """Every run as (time, run_id, its first history key, or its summary when the history does
-    not know it), newest first, and the number of run folders that were read one by one."""
+    not know it), newest first."""
     with ThreadPoolExecutor(2) as pool:  # the two listings are independent: overlap them
         folders_future = pool.submit(run_folders, store)
         keys = registry.history_keys(store)
@@ -156,7 +156,7 @@ def run_order(store: ArtifactStore) -> tuple[list[tuple[datetime, str, str | Run
         if summary:
             order.append((summary.time, run_id, summary))
     order.sort(key=lambda item: (item[0], item[1]), reverse=True)
-    return order, len(unindexed)
+    return order
 
 
 def _is_flow_decision(record: registry.HistoryRecord) -> bool:
@@ -190,7 +190,7 @@ def newest_runs(store: ArtifactStore, limit: int | None) -> tuple[list[RunSummar
     if limit is not None:
         summaries, complete = newest_decided_runs(store, limit)
     else:
-        order, _ = run_order(store)
+        order = run_order(store)
         summaries = [_indexed_summary(store, run_id, key) if isinstance(key, str) else key
                      for _, run_id, key in order]
         complete = True

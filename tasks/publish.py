@@ -55,23 +55,32 @@ def summary_markdown(run_id: str, params: dict, metrics: dict, outcome: notify.O
 def publish_artifacts(store: ArtifactStore, run_id: str, params: dict, metrics: dict,
                       outcome: notify.Outcome) -> None:
     stamp = f"{metrics['test_accuracy']:.4f} · {outcome.kind}"
-    url, pointer = report_pointer(store, run_id)
+    _, pointer = report_pointer(store, run_id)
     create_markdown_artifact(summary_markdown(run_id, params, metrics, outcome, pointer),
                              key="mnist-run-summary", description=f"{stamp}: key numbers and the decision")
     rows = [{"digit": d, **m} for d, m in metrics["per_class"].items()]
     create_table_artifact(rows, key="mnist-per-class-metrics", description=f"{stamp}: per-class test metrics")
+    link_artifact(store, f"runs/{run_id}/report.html", "mnist-report", f"report.html of {run_id}",
+                  f"{stamp}: the full report", open_with=f"mnist-pipeline report {run_id} --open")
+
+
+def link_artifact(store: ArtifactStore, key: str, artifact_key: str, link_text: str,
+                  description: str | None = None, open_with: str = "") -> None:
+    """A link artifact that opens `key` (presigned on S3: it expires in 7 days). On a folder store
+    a file:// link does not open from the UI's http page: a note says where the file is instead,
+    and `open_with`, the command that opens it."""
+    url = store.link(key)
     if url:
-        create_link_artifact(url, link_text=f"report.html of {run_id}", key="mnist-report",
-                             description=f"{stamp}: the full report (a presigned link: it expires in 7 days)")
-    else:  # a file:// link does not open from the UI's http page: say where it is instead
-        create_markdown_artifact(f"The report of run `{run_id}` is in the store's folder:\n\n"
-                                 f"`{store.location(f'runs/{run_id}/report.html')}`\n\nOpen it with "
-                                 f"`mnist-pipeline report {run_id} --open`.",
-                                 key="mnist-report", description=f"{stamp}: where the full report is")
+        create_link_artifact(url, link_text=link_text, key=artifact_key, description=description)
+        return
+    how = f"\n\nOpen it with `{open_with}`." if open_with else ""
+    create_markdown_artifact(f"{link_text} is in the store's folder:\n\n`{store.location(key)}`{how}",
+                             key=artifact_key, description=description)
 
 
-def emit_outcome_event(outcome: notify.Outcome, store_url: str) -> None:
-    """mnist.model.promoted / mnist.promotion.blocked / mnist.run.failed, about this run."""
+def emit_outcome_event(outcome: notify.Outcome, store_url: str | None, **payload) -> None:
+    """mnist.model.promoted / mnist.promotion.blocked / mnist.run.failed, about this run
+    (`payload`: more fields for the event's payload)."""
     related = [{"prefect.resource.id": f"prefect.flow-run.{outcome.run_id}",
                 "prefect.resource.role": "flow-run"}]
     if outcome.production_run_id:
@@ -83,7 +92,7 @@ def emit_outcome_event(outcome: notify.Outcome, store_url: str) -> None:
                related=related,
                payload={"run_id": outcome.run_id, "test_accuracy": outcome.test_accuracy,
                         "min_accuracy": outcome.min_accuracy, "production_run_id": outcome.production_run_id,
-                        "reason": outcome.reason, "store": store_url})
+                        "reason": outcome.reason, "store": store_url, **payload})
 
 
 def outcome_of(run_id: str, result: PromotionResult, accuracy: float, min_accuracy: float,

@@ -11,9 +11,10 @@ import time
 from functools import partial
 from typing import Optional
 
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 
 from mnist_pipeline.params import TuneParams
+from tasks.publish import link_artifact
 from tasks.tune import (DataSource, best_record, dask_wait_any, drive_search, make_oracle, one_line,
                         render_search_report, search_summary, store_trial_record, table_rows, trial_task,
                         warm_worker)
@@ -115,8 +116,4 @@ def publish_search(store, run_id: str, summary: dict, records: list) -> None:
         create_table_artifact(rows, key="mnist-tuning-trials",
                               description=f"{summary['trials_completed']}/{summary['trials_run']} trials "
                                           f"completed ({summary['algorithm']}, {summary['model']})")
-    link = store.link(report_key)
-    if link:
-        create_link_artifact(link, link_text="tuning report", key="mnist-tuning-report")
-    else:  # a folder store: where the report is (a file:// link does not open from the UI)
-        create_markdown_artifact(f"The tuning report is `{store.location(report_key)}`.", key="mnist-tuning-report")
+    link_artifact(store, report_key, "mnist-tuning-report", "tuning report")
