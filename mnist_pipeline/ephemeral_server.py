@@ -37,7 +37,7 @@ class EphemeralServer:
                  "PREFECT__SERVER_FINAL": "1"})
 
     def wait_ready(self) -> None:
-        timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        timeout = startup_timeout_s()
         deadline = time.monotonic() + timeout
         with httpx.Client() as client:
             while time.monotonic() < deadline:
@@ -71,6 +71,20 @@ class EphemeralServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+# Prefect's own default (20 s) is too short for this server's first start on a slow machine: a
+# new database is created by migrations (18.7 s alone on this project's 2-core AVX2 machine, 8.9 s
+# once the database exists), with TensorFlow importing beside it (25-29 s in all). A local run
+# failed on its first start with the default. A value the user set is honoured.
+DEFAULT_STARTUP_TIMEOUT_S = 90
+
+
+def startup_timeout_s() -> float:
+    ephemeral = get_current_settings().server.ephemeral
+    if "startup_timeout_seconds" in ephemeral.model_fields_set:
+        return PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    return max(DEFAULT_STARTUP_TIMEOUT_S, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
 
 
 def _free_port() -> int:
