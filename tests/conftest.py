@@ -4,6 +4,7 @@ process on 127.0.0.1), started here and torn down at the end."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -146,11 +147,30 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
+def prefect_db(tmp_path_factory) -> Path:
+    """A Prefect database with every migration applied, made once per session. A Prefect server
+    (the flows' temporary one included) started on a new database first runs the migrations:
+    18.7 s to answer here, against 8.9 s on a copy of this one."""
+    home = tmp_path_factory.mktemp("prefect-db")
+    subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+                   env=dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=""), check=True,
+                   capture_output=True, timeout=300)
+    return home / "prefect.db"
+
+
+def prefect_home(folder: Path, db: Path) -> str:
+    """A PREFECT_HOME for one test's processes, holding its own copy of the migrated database."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(db, folder / "prefect.db")
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory, prefect_db):
     """A real `prefect server start` on 127.0.0.1 for the session: SQLite, analytics off, a login
     required (as in compose), the scheduler looping every 2 s. Yields (API URL, its log)."""
     port = free_port()
-    home = tmp_path_factory.mktemp("prefect-server-home")
+    home = Path(prefect_home(tmp_path_factory.mktemp("prefect-server-home"), prefect_db))
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_API_URL="",
                PREFECT_SERVER_API_AUTH_STRING=AUTH, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
     log_path = home / "server.log"

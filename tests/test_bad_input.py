@@ -11,7 +11,7 @@ import sys
 import boto3
 import pytest
 
-from tests.conftest import REPO, MotoServer, free_port
+from tests.conftest import REPO, MotoServer, free_port, prefect_home
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,8 @@ def one_error_line(proc) -> str:
 
 
 @pytest.fixture
-def base_env(mnist_mirror, tmp_path):
-    env = dict(os.environ, MNIST_MIRRORS=str(mnist_mirror), PREFECT_HOME=str(tmp_path / "prefect"),
+def base_env(mnist_mirror, tmp_path, prefect_db):
+    env = dict(os.environ, MNIST_MIRRORS=str(mnist_mirror), PREFECT_HOME=prefect_home(tmp_path / "prefect", prefect_db),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", AWS_DEFAULT_REGION="us-east-1")
     env.pop("MNIST_MIN_ACCURACY", None)
     return env

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, prefect_home
 from tests.faults import DrippingMirror, SilentEndpoint
 
 pytestmark = pytest.mark.slow
@@ -22,8 +22,8 @@ CLI = str(Path(sys.executable).parent / "mnist-pipeline")
 
 
 @pytest.fixture
-def env(mnist_mirror, tmp_path):
-    env = dict(os.environ, MNIST_MIRRORS=str(mnist_mirror), PREFECT_HOME=str(tmp_path / "prefect"),
+def env(mnist_mirror, tmp_path, prefect_db):
+    env = dict(os.environ, MNIST_MIRRORS=str(mnist_mirror), PREFECT_HOME=prefect_home(tmp_path / "prefect", prefect_db),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", MNIST_STORE_URL=str(tmp_path / "store"))
     for name in ("MNIST_MIN_ACCURACY", "AWS_ENDPOINT_URL_S3", "PREFECT_API_URL"):
         env.pop(name, None)

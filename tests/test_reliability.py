@@ -20,7 +20,7 @@ from mnist_pipeline import registry
 from mnist_pipeline.models import model_from_bytes
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
-from tests.conftest import REPO, assert_promotions_chain, production_of
+from tests.conftest import REPO, assert_promotions_chain, prefect_home, production_of
 from tests.faults import CuttableProxy, FlowProcess
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ FLOW = [sys.executable, "flows/train_flow.py"]
 
 
 @pytest.fixture
-def faulty(moto_server, mnist_mirror, tmp_path):
+def faulty(moto_server, mnist_mirror, tmp_path, prefect_db):
     """Flow environment whose S3 endpoint goes through a cuttable proxy; a direct store for checks."""
     proxy = CuttableProxy(moto_server.port)
     proxy.restore()
@@ -36,7 +36,7 @@ def faulty(moto_server, mnist_mirror, tmp_path):
     creds = dict(AWS_ACCESS_KEY_ID="fault-key", AWS_SECRET_ACCESS_KEY="fault-secret-9f2c",
                  AWS_DEFAULT_REGION="us-east-1")
     env = dict(os.environ, MNIST_STORE_URL=bucket, MNIST_MIRRORS=str(mnist_mirror),
-               AWS_ENDPOINT_URL_S3=proxy.endpoint, PREFECT_HOME=str(tmp_path / "prefect"),
+               AWS_ENDPOINT_URL_S3=proxy.endpoint, PREFECT_HOME=prefect_home(tmp_path / "prefect", prefect_db),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", **creds)
     env.pop("MNIST_MIN_ACCURACY", None)
     direct = open_store(load_settings(MNIST_STORE_URL=bucket, AWS_ENDPOINT_URL_S3=moto_server.endpoint,

@@ -18,7 +18,7 @@ from mnist_pipeline import registry
 from mnist_pipeline.models import model_from_bytes
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
-from tests.conftest import REPO, free_port, production_of
+from tests.conftest import REPO, free_port, prefect_home, production_of
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,14 @@ def run_flow(env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="module")
-def flow_env(moto_server, mnist_mirror, tmp_path_factory):
+def flow_env(moto_server, mnist_mirror, tmp_path_factory, prefect_db):
     env = dict(os.environ,
                MNIST_STORE_URL=f"s3://e2e-{uuid.uuid4().hex[:10]}",
                MNIST_MIRRORS=str(mnist_mirror),
                AWS_ENDPOINT_URL_S3=moto_server.endpoint,
                AWS_ACCESS_KEY_ID="e2e-key-id", AWS_SECRET_ACCESS_KEY="e2e-secret",
                AWS_DEFAULT_REGION="us-east-1",
-               PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-home")),
+               PREFECT_HOME=prefect_home(tmp_path_factory.mktemp("prefect-home"), prefect_db),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("MNIST_MIN_ACCURACY", None)
     return env

@@ -20,7 +20,7 @@ from mnist_pipeline.search_space import (SPACE, default_values, dimensions_for,
 from tasks.tune import (COMPLETED, FAILED, DataSource, SearchFailed, best_record, build_tuned_model,
                         drive_search, failed_outcome, make_oracle, render_search_report, run_trial,
                         search_summary, table_rows, trial_epochs)
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, prefect_home
 from tests.faults import FlowProcess
 
 
@@ -259,9 +259,9 @@ class DaskCluster:
 
 
 @pytest.fixture
-def tune_env(mnist_mirror, tmp_path):
+def tune_env(mnist_mirror, tmp_path, prefect_db):
     env = dict(os.environ, PYTHONPATH=str(REPO), MNIST_MIRRORS=str(mnist_mirror),
-               MNIST_STORE_URL=str(tmp_path / "store"), PREFECT_HOME=str(tmp_path / "prefect-home"),
+               MNIST_STORE_URL=str(tmp_path / "store"), PREFECT_HOME=prefect_home(tmp_path / "prefect-home", prefect_db),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", TF_CPP_MIN_LOG_LEVEL="2")
     for name in ("MNIST_MIN_ACCURACY", "PREFECT_API_URL", "MNIST_DASK_ADDRESS"):
         env.pop(name, None)
