@@ -51,6 +51,9 @@ SPACE: tuple[Dimension, ...] = (
               values=(8, 16, 32)),
     Dimension("augment_shift_px", "choice", ("cnn",), 2,
               "augmentation: random shifts of up to this many pixels while training (0 = none)", values=(0, 1, 2, 3)),
+    Dimension("members", "choice", ("cnn",), 2,
+              "networks averaged (sharing their first conv block); each one costs ~0.7x a single network's time",
+              values=(1, 2, 3)),
 )
 # The cnn's own learning rate and batch size (mnist_pipeline/params.py MODEL_DEFAULTS).
 CNN_DEFAULTS = {k: MODEL_DEFAULTS["cnn"][k] for k in ("learning_rate", "batch_size")}

@@ -183,10 +183,12 @@ def run_trial(hp_values: dict, model_kind: str, epochs: int, seed: int, data_sou
         steps = record["epochs"] * math.ceil(len(data.x_train) / batch_size)
         model = build_tuned_model(model_kind, hp_values, steps)
         from mnist_pipeline.tensors import as_tensor
+        from tasks.train import shipped_model, training_targets
 
-        fit = model.fit(as_tensor(data.x_train), data.y_train, epochs=record["epochs"],
+        fit = model.fit(as_tensor(data.x_train), training_targets(model, data.y_train), epochs=record["epochs"],
                         batch_size=batch_size, shuffle=True, verbose=0,
                         callbacks=[keras.callbacks.TerminateOnNaN()])
+        model = shipped_model(model)
         losses = [float(x) for x in fit.history.get("loss", [])]
         if len(losses) < record["epochs"] or not all(math.isfinite(x) for x in losses):
             record["error"] = (f"training diverged: loss became NaN/inf at epoch {len(losses)} "

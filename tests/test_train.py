@@ -13,7 +13,7 @@ from tasks.fetch import MNIST_SHA256
 from tasks.normalize import Splits, normalize_and_split
 from tasks.evaluate import predict_probabilities
 from mnist_pipeline.params import MODEL_DEFAULTS
-from tasks.train import build_model, train_model
+from tasks.train import build_model, shipped_model, train_model, training_targets
 from tasks.validate import validate_mnist
 
 
@@ -40,14 +40,32 @@ def test_each_model_has_its_own_defaults_and_the_mlps_are_the_readmes():
     assert MODEL_DEFAULTS["cnn"]["batch_size"] > MODEL_DEFAULTS["mlp"]["batch_size"]
 
 
-def test_cnn_option_has_shifts_convolutions_and_batch_norm_in_bfloat16():
+def test_cnn_option_averages_two_networks_that_share_their_first_conv_block():
     model = build_model("cnn", 0.004, total_steps=1000)
     kinds = [layer.__class__.__name__ for layer in model.layers]
-    assert kinds[:2] == ["Reshape", "RandomTranslation"] and kinds.count("Conv2D") == 2
-    assert kinds.count("BatchNormalization") == 3
-    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
-    assert {conv.dtype_policy.name for conv in convs} == {"mixed_bfloat16"}
-    assert model.layers[-1].dtype_policy.name == "float32"  # the softmax stays float32
+    assert kinds[1:3] == ["Reshape", "RandomTranslation"]
+    assert kinds.count("Conv2D") == 3 and kinds.count("BatchNormalization") == 5  # one stem, two members
+    assert set(model.output) == {"member_0", "member_1", "ensemble"}
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # no bfloat16 emulation
+    shipped = shipped_model(model)
+    assert len(shipped.outputs) == 1 and shipped.output.shape == (None, 10)
+    assert shipped.count_params() == model.count_params()
+    x = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    outputs = model(x, training=False)
+    np.testing.assert_allclose(shipped(x, training=False), (outputs["member_0"] + outputs["member_1"]) / 2, rtol=1e-6)
+    assert not np.allclose(outputs["member_0"], outputs["member_1"])  # two networks, not one twice
+
+
+def test_cnn_members_learn_from_their_own_smoothed_losses_and_the_average_is_only_watched():
+    model = build_model("cnn", 0.004, 1000, {"members": 3})
+    assert set(model.output) == {"member_0", "member_1", "member_2", "ensemble"}
+    config = model.get_compile_config()
+    assert config["loss_weights"] == {"member_0": 1.0, "member_1": 1.0, "member_2": 1.0, "ensemble": 0.0}
+    assert {loss["config"]["label_smoothing"] for loss in config["loss"].values()} == {0.1}
+    single = build_model("cnn", 0.004, 1000, {"members": 1})
+    assert list(single.output) == ["ensemble"] and shipped_model(single).output.shape == (None, 10)
+    targets = training_targets(model, np.array([3, 0], dtype=np.uint8))
+    assert set(targets) == set(model.output) and targets["member_0"].tolist()[0] == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
 
 
 def test_cnn_learning_rate_is_one_cycle_over_the_given_steps():
@@ -70,6 +88,13 @@ def test_the_cnn_trains_and_its_stored_model_loads_in_safe_mode(small, local_sto
     # Randomly shifted while training only: a second inference pass gives the same answer.
     np.testing.assert_array_equal(probabilities, predict_probabilities(stored, small.x_val))
     assert result.history["val_accuracy"][-1] > 0.8
+    # The curves are the stored model's: its accuracy, and plain cross-entropy for its loss (the
+    # members' label-smoothed training objective is kept apart).
+    loss = -np.log(probabilities[np.arange(len(small.y_val)), small.y_val]).mean()
+    assert loss == pytest.approx(result.history["val_loss"][-1], rel=1e-4)
+    assert (probabilities.argmax(1) == small.y_val).mean() == pytest.approx(result.history["val_accuracy"][-1])
+    assert result.history["val_objective"][-1] > 2 * loss  # two members' smoothed losses, summed
+    assert "average of 2 networks" in result.weights
 
 
 def test_training_is_seeded_and_reports_each_epoch(small, local_store):
