@@ -87,16 +87,13 @@ def learning_curves_figure(history: dict[str, list[float]]):
         if f"val_{metric}" in history:
             series.append((f"val_{metric}", "validation", RIGHT, "s-"))
         for key, label, colour, style in series:
-            values = history[key]
-            ax.plot(epochs, values, style, color=colour, label=label, ms=5 if n > 1 else 8)
-            # the last value of each curve, where the eye ends: what the model was left with
-            ax.annotate(f"{values[-1]:.4f}", (n, values[-1]), textcoords="offset points",
-                        xytext=(7, 0), va="center", fontsize=9.5, color=colour)
+            ax.plot(epochs, history[key], style, color=colour, label=label, ms=5 if n > 1 else 8)
+        _pad_y(ax, [v for key, *_ in series for v in history[key]])
+        _label_last_values(ax, n, [(history[key][-1], colour) for key, _, colour, _ in series])
         ax.set_title(title, loc="left", fontsize=12)
         ax.set_xlabel("epoch", fontsize=10.5)
         ax.set_xticks(epoch_ticks(n))
         ax.set_xlim(0.5, n + 0.5 + 0.15 * n)  # room on the right for the last values
-        _pad_y(ax, [v for key, *_ in series for v in history[key]])
         _style(ax)
         ax.legend(frameon=False, fontsize=9.5)
     if n == 1:
@@ -104,6 +101,19 @@ def learning_curves_figure(history: dict[str, list[float]]):
                  ha="center", fontsize=10, color=NEUTRAL)
     fig.tight_layout()
     return fig
+
+
+def _label_last_values(ax, n: int, last: list[tuple[float, str]]) -> None:
+    """The last value of each curve, where the eye ends: what the model was left with. Two values
+    closer than a label's height (a model that fits its validation set as well as its training
+    set) are pushed apart, the higher one up, instead of printed over each other."""
+    low, high = ax.get_ylim()
+    close = len(last) == 2 and abs(last[0][0] - last[1][0]) < 0.06 * (high - low)
+    top = max(range(len(last)), key=lambda i: last[i][0])
+    for i, (value, colour) in enumerate(last):
+        shift = (6 if i == top else -6) if close else 0
+        ax.annotate(f"{value:.4f}", (n, value), textcoords="offset points", xytext=(7, shift),
+                    va="center", fontsize=9.5, color=colour)
 
 
 def _pad_y(ax, values: list[float]) -> None:
