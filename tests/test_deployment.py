@@ -215,3 +215,32 @@ def test_retention_ran_after_each_run_and_no_secret_is_in_the_serving_log(served
     log = log_path.read_text()
     assert log.count("retention: kept the newest 1 runs, production and its rollback stack") >= 2
     assert env["AWS_SECRET_ACCESS_KEY"] not in log and AUTH not in log
+
+
+def test_a_failed_run_is_evented_and_notified(prefect_server, moto_server, receiver, tmp_path):
+    """`mnist.run.failed` in the server's feed and the alert received, from a run that failed for
+    real (a mirror without the files, an empty store), with the reason and without the secret."""
+    api, _ = prefect_server
+    (tmp_path / "empty-mirror").mkdir()
+    secret = "failed-run-secret-7c2a"
+    env = dict(os.environ, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=AUTH, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               MNIST_STORE_URL=f"s3://failed-{uuid.uuid4().hex[:10]}", MNIST_MIRRORS=str(tmp_path / "empty-mirror"),
+               AWS_ENDPOINT_URL_S3=moto_server.endpoint, AWS_ACCESS_KEY_ID="failed-key",
+               AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION="us-east-1", MNIST_NOTIFY_URL=receiver.url)
+    proc = subprocess.run([sys.executable, "flows/train_flow.py", "--epochs", "1"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "is on none of the mirrors" in proc.stderr, proc.stderr[-2000:]
+
+    def failed_event():
+        found = api_request(api, "/events/filter", {"filter": {"event": {"name": ["mnist.run.failed"]}}, "limit": 50})
+        return [e for e in found["events"] if "is on none of the mirrors" in e["payload"].get("reason", "")]
+
+    event = wait_for(failed_event, 30, "the failed event in the server's feed")[0]
+    run_id = event["payload"]["run_id"]
+    assert event["resource"]["prefect.resource.id"] == f"mnist.run.{run_id}"
+    assert event["payload"]["flow"] == "mnist-training" and event["payload"]["store"] == env["MNIST_STORE_URL"]
+    assert {"prefect.resource.id": f"prefect.flow-run.{run_id}", "prefect.resource.role": "flow-run"} in event["related"]
+    note = wait_for(lambda: [m for m in receiver.received if m.get("title") == f"mnist-pipeline: run {run_id[:8]} failed"],
+                    30, "the failure's notification")[0]
+    assert "FAILED" in note["message"] and "is on none of the mirrors" in note["message"]
+    assert secret not in json.dumps(event) + json.dumps(receiver.received) + proc.stdout + proc.stderr
