@@ -49,11 +49,11 @@ plot_captions: dict[str, str] = {
 }
 
 
-def _png(fig) -> bytes:
+def _png(fig, tight: bool = True) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None, facecolor="white")
     plt.close(fig)
     return buf.getvalue()
 
@@ -241,21 +241,25 @@ def mistake_label(true: int, predicted: int, confidence: float,
 
 
 def digit_grid_figure(images: np.ndarray, titles: list[str], colours: list[str], empty_text: str = ""):
+    """Digits in rows of GRID_COLUMNS, each under its title. The cells are placed by arithmetic,
+    not by tight_layout: laying out 24 titled axes that way took 1.5-2 s per grid here, about
+    half of all the plotting."""
     import matplotlib.pyplot as plt
 
     cols = GRID_COLUMNS
     rows = max(1, math.ceil(len(images) / cols))
     lines = max([t.count("\n") + 1 for t in titles], default=1)
-    fig, axes = plt.subplots(rows, cols, figsize=(11, rows * (1.25 + 0.2 * lines)))
-    cells = np.atleast_1d(axes).ravel()
-    for ax in cells:
+    row_in, title_in = 1.25 + 0.2 * lines, 0.1 + 0.2 * lines  # inches: a row, its title's share
+    fig = plt.figure(figsize=(11, rows * row_in))
+    image_h = (row_in - title_in) / row_in / rows * 0.97
+    for k, (img, text, colour) in enumerate(zip(images, titles, colours)):
+        row, col = divmod(k, cols)
+        ax = fig.add_axes(((col + 0.05) / cols, 1 - (row + 1) / rows + 0.03 / rows, 0.9 / cols, image_h))
         ax.axis("off")
-    for ax, img, text, colour in zip(cells, images, titles, colours):
         ax.imshow(img, cmap="gray_r", vmin=0, vmax=1 if img.dtype.kind == "f" else 255)
         ax.set_title(text, fontsize=9, color=colour, linespacing=1.15)
     if not len(images):
         fig.text(0.5, 0.5, empty_text, ha="center", va="center", fontsize=12)
-    fig.tight_layout()
     return fig
 
 
@@ -273,7 +277,7 @@ def _mistakes_png(evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray
                             float(evaluation.runner_up_confidence[i]) if has_runner_up else None)
               for i in worst]
     return _png(digit_grid_figure(x_test[worst], titles, [WRONG] * len(worst),
-                                  "No mistakes on the test set."))
+                                  "No mistakes on the test set."), tight=False)
 
 
 def _samples_png(evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray, seed: int) -> bytes:
@@ -287,7 +291,7 @@ def _samples_png(evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray,
         else:
             titles.append(f"true {y_test[i]}, said {evaluation.y_pred[i]}\n(p {p})")
             colours.append(WRONG)
-    return _png(digit_grid_figure(x_test[sample], titles, colours))
+    return _png(digit_grid_figure(x_test[sample], titles, colours), tight=False)
 
 
 def render_plots(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray,
