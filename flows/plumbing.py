@@ -7,15 +7,24 @@ production unchanged; 2 = bad parameters or settings; 1 = the run failed, produc
 """
 
 import os
+import sys
+from pathlib import Path
 
 # Before Prefect is imported (it reads its settings once): TensorFlow's C++ chatter is not our
 # log, and the store's retry warnings (logger "mnist_pipeline") belong in the run's log and UI.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "mnist_pipeline")
 
+from mnist_pipeline import ephemeral_server as _server  # noqa: E402  (imports no Prefect)
+
+# `python flows/X.py`: Prefect's temporary server starts now, while this process imports Prefect
+# and TensorFlow (2 s earlier than main() could start it; see mnist_pipeline/ephemeral_server.py).
+_entry = getattr(sys.modules.get("__main__"), "__file__", None)
+if _entry and Path(_entry).resolve().parent == Path(__file__).resolve().parent:
+    _server.launch_early()
+
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from typing import Callable  # noqa: E402

@@ -4,10 +4,16 @@ Without an API URL, Prefect starts this same server lazily, at the flow's first 
 imports its whole server application into this process just to launch it: 3 s before the server
 process even starts, and 80 MB of the training process's memory. Launching it ourselves with
 Prefect's own command line, before anything else, lets its start-up overlap TensorFlow's import.
+
+`python flows/X.py` launches it earlier still, before its process imports Prefect (`launch_early`,
+2 s here): the server takes 8-9 s to answer on this project's machine, longer than the flow's
+process takes to import Prefect and TensorFlow. Only this module's functions import Prefect.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import os
 import socket
 import subprocess
@@ -17,26 +23,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import httpx
-import prefect
-from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE,
-                              PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, PREFECT_UI_URL,
-                              get_current_settings, temporary_settings)
-
 
 class EphemeralServer:
-    def __init__(self, port: int):
+    def __init__(self, port: int, settings_env: dict[str, str]):
+        """`settings_env`: Prefect's settings as environment variables, beyond os.environ."""
         self.api_url = f"http://127.0.0.1:{port}/api"
+        prefect_root = Path(importlib.util.find_spec("prefect").origin).parent.parent  # no import
         # The command and environment of prefect.server.api.server.SubprocessASGIServer (3.8).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_root),
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-            env={**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-                 "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+            env={**os.environ, **settings_env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                  "PREFECT__SERVER_FINAL": "1"})
 
     def wait_ready(self) -> None:
+        import httpx
+
         timeout = startup_timeout_s()
         deadline = time.monotonic() + timeout
         with httpx.Client() as client:
@@ -81,6 +84,8 @@ DEFAULT_STARTUP_TIMEOUT_S = 90
 
 
 def startup_timeout_s() -> float:
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
+
     ephemeral = get_current_settings().server.ephemeral
     if "startup_timeout_seconds" in ephemeral.model_fields_set:
         return PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
@@ -93,15 +98,38 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+_early: list[EphemeralServer] = []  # launched by launch_early, not yet taken by ephemeral_server
+
+
+def launch_early() -> None:
+    """Start the server now, before this process imports Prefect, unless the environment names an
+    API: its settings are then the process's environment and Prefect's profile, which the server
+    reads itself. ephemeral_server() takes it over, or stops it when Prefect's settings (read
+    later, the profile included) say no server is wanted; an exit before that stops it too."""
+    if os.environ.get("PREFECT_API_URL") or _early or \
+            os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "").lower() in ("0", "false"):
+        return
+    server = EphemeralServer(_free_port(), {})
+    _early.append(server)
+    atexit.register(lambda: server.process.poll() is None and server._terminate())
+
+
 @contextmanager
 def ephemeral_server() -> Iterator[EphemeralServer | None]:
     """Yield a started (not yet ready) server that this process's Prefect client will use, or
     None when Prefect is configured otherwise (an API URL from the environment or the profile,
     or ephemeral mode switched off): Prefect then does what it is told."""
+    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE, PREFECT_UI_URL,
+                                  get_current_settings, temporary_settings)
+
+    early = _early.pop() if _early else None
     if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        if early:
+            early._terminate()
         yield None
         return
-    server = EphemeralServer(_free_port())
+    server = early or EphemeralServer(
+        _free_port(), get_current_settings().to_environment_variables(exclude_unset=True))
     try:
         # No UI URL: the UI is not served and the server ends with this process.
         with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_UI_URL: ""}):

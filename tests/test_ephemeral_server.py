@@ -1,14 +1,21 @@
 """The temporary Prefect API a local run starts first: it answers, the client uses it, it stops
 with the run; a configured API URL is left alone."""
 
+import os
 import socket
+import subprocess
+import sys
+import time
 
 import httpx
+import psutil
 import pytest
 from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
                               PREFECT_UI_URL, temporary_settings)
 
-from mnist_pipeline.ephemeral_server import DEFAULT_STARTUP_TIMEOUT_S, ephemeral_server, startup_timeout_s
+from mnist_pipeline.ephemeral_server import (DEFAULT_STARTUP_TIMEOUT_S, _early, ephemeral_server, launch_early,
+                                             startup_timeout_s)
+from tests.conftest import REPO
 
 
 def _port_open(url: str) -> bool:
@@ -54,3 +61,40 @@ def test_a_first_start_gets_longer_than_prefects_default_unless_the_user_set_a_l
     assert startup_timeout_s() == DEFAULT_STARTUP_TIMEOUT_S == 90
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 7}):
         assert startup_timeout_s() == 7
+
+
+def test_a_server_launched_early_is_taken_over_or_stopped_when_the_profile_names_an_api(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        launch_early()
+        early = _early[0]
+        with ephemeral_server() as server:
+            assert server is early and PREFECT_API_URL.value() == early.api_url  # taken over, not a second one
+            server.wait_ready()
+        assert early.process.poll() is not None and not _early
+    launch_early()  # the profile (here: the settings) names an API after all
+    early = _early[0]
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
+        with ephemeral_server() as server:
+            assert server is None and early.process.poll() is not None
+
+
+def test_a_usage_error_leaves_no_server_behind(tmp_path):
+    """`python flows/train_flow.py` launches the server before it parses its arguments; a bad one
+    exits 2 at once, and the server it launched goes with it."""
+    home = str(tmp_path / "prefect-home")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "flows/train_flow.py", "--epochs", "0"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=dict(env, PREFECT_HOME=home))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: parameter epochs=0 is invalid")
+    time.sleep(1)
+    left = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "prefect.server.api.server:create_app" in " ".join(p.info["cmdline"] or []) and \
+                    p.environ().get("PREFECT_HOME") == home:
+                left.append(p.pid)
+        except psutil.Error:
+            pass
+    assert not left
