@@ -13,8 +13,6 @@ import pytest
 
 from tests.conftest import REPO, MotoServer, free_port, prefect_home
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def moto_with_auth():
@@ -67,6 +65,7 @@ def test_wrong_credentials(moto_with_auth, base_env):
     assert "AwaitingRetry" not in proc.stdout + proc.stderr  # not retried: it cannot get better
 
 
+@pytest.mark.slow  # a store the flow cannot use: test_wrong_credentials is the default suite's case
 def test_missing_bucket_that_cannot_be_created(moto_with_auth, base_env):
     server, key = moto_with_auth
     env = dict(base_env, MNIST_STORE_URL="s3://no-such-bucket", AWS_ENDPOINT_URL_S3=server.endpoint,
@@ -78,6 +77,7 @@ def test_missing_bucket_that_cannot_be_created(moto_with_auth, base_env):
     assert key["SecretAccessKey"] not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # bounded fetch failure: test_failfast's dripping mirror is the default suite's case
 def test_unreachable_mirror_list_fails_after_its_retries(base_env, tmp_path):
     mirrors = ",".join(f"http://127.0.0.1:{free_port()}/mnist/" for _ in range(2))
     env = dict(base_env, MNIST_MIRRORS=mirrors, MNIST_STORE_URL=str(tmp_path / "store"))

@@ -24,8 +24,6 @@ from mnist_pipeline.store import open_store
 from tests.conftest import AUTH, REPO, free_port, wait_for
 from tests.test_publish import Receiver
 
-pytestmark = pytest.mark.slow
-
 
 def api_request(api: str, path: str, body: dict | None = None, auth: str | None = AUTH):
     request = urllib.request.Request(api + path, data=json.dumps(body).encode() if body is not None else None,

@@ -17,7 +17,6 @@ import pytest
 from tests.conftest import REPO, prefect_home
 from tests.faults import DrippingMirror, SilentEndpoint
 
-pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "mnist-pipeline")
 
 

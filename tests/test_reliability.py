@@ -23,7 +23,6 @@ from mnist_pipeline.store import open_store
 from tests.conftest import REPO, assert_promotions_chain, prefect_home, production_of
 from tests.faults import CuttableProxy, FlowProcess
 
-pytestmark = pytest.mark.slow
 FLOW = [sys.executable, "flows/train_flow.py"]
 
 
@@ -101,6 +100,7 @@ def test_storage_outage_at_start_and_during_upload_is_survived(faulty):
     assert env["AWS_SECRET_ACCESS_KEY"] not in out
 
 
+@pytest.mark.slow  # the kill that matters, around the upload, is in the default suite (below)
 def test_sigkill_during_training_leaves_production_alone_and_a_rerun_succeeds(faulty):
     env, _, store = faulty
     first = FlowProcess(FLOW + ["--epochs", "1", "--min-accuracy", "0.9"], REPO, env)

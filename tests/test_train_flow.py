@@ -20,8 +20,6 @@ from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
 from tests.conftest import REPO, free_port, prefect_home, production_of
 
-pytestmark = pytest.mark.slow
-
 
 def run_flow(env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "flows/train_flow.py", *args], cwd=REPO, env=env,

@@ -291,18 +291,23 @@ def stored_search(env: dict) -> tuple[str, dict, list[dict]]:
     return run_dir.name, search, records
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the default suite's killed-worker search below checks all of this too
 def test_search_on_a_dask_cluster_names_each_trials_worker_and_gates_the_best(tune_env, cluster):
     flow = tune_flow(tune_env, cluster)
     code = flow.wait(900)
     assert code == 0, flow.output[-4000:]
-    run_id, search, records = stored_search(tune_env)
+    _, search, records = stored_search(tune_env)
     assert len(records) == 4 and all(r["status"] == COMPLETED for r in records)
     workers = set(cluster.worker_pids())
     assert {r["worker"] for r in records} == workers  # both workers ran trials, and are named
     # 0, not None: each worker reached the flow's temporary Prefect API (its URL travels in the
     # task's serialized settings; the workers' own environment has no PREFECT_API_URL).
     assert [r["earlier_starts"] for r in records] == [0, 0, 0, 0]
+    assert_best_candidate_gated_and_linked(tune_env, search, records)
+
+
+def assert_best_candidate_gated_and_linked(tune_env: dict, search: dict, records: list[dict]) -> None:
+    run_id, _, _ = stored_search(tune_env)
     assert search["best"]["trial_id"] == max(records, key=lambda r: r["val_accuracy"])["trial_id"]
     production = json.loads((Path(tune_env["MNIST_STORE_URL"]) / "registry" / "production.json").read_text())
     assert production["run_id"] == run_id  # the best candidate went through the gate and was promoted
@@ -314,11 +319,11 @@ def test_search_on_a_dask_cluster_names_each_trials_worker_and_gates_the_best(tu
     assert (Path(tune_env["MNIST_STORE_URL"]) / "runs" / run_id / "tuning" / "report.html").is_file()
 
 
-@pytest.mark.slow
 def test_search_survives_a_worker_killed_mid_trial(tune_env, cluster):
     """SIGKILL a worker while it trains its second trial (TensorFlow and the data already loaded,
     so the kill lands in `fit`): Dask reruns that trial on the other worker, the search ends
-    with all four trials, and the best candidate is gated as usual."""
+    with all four trials, each naming its worker, and the best candidate is gated, promoted and
+    linked to its search as usual."""
     client = cluster.client()
     pids = cluster.worker_pids()
     flow = tune_flow(tune_env, cluster)
@@ -356,9 +361,11 @@ def test_search_survives_a_worker_killed_mid_trial(tune_env, cluster):
     assert len(rerun) == 1 and rerun[0]["worker"] == survivor, records  # the killed trial, finished elsewhere
     assert "rerun after 1 start(s) on a lost worker" in flow.output
     assert time.monotonic() - killed_at < 600
+    assert {r["worker"] for r in records} == set(pids)  # the victim's first trial is on record too
+    assert_best_candidate_gated_and_linked(tune_env, search, records)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the all-trials-failed line itself: test_every_trial_failed_is_one_line_error
 def test_workers_without_store_access_fail_every_trial_in_one_line(tune_env, cluster, moto_server):
     """The flow's store is S3; the workers have no credentials: every trial fails (recorded), and
     the run ends with one line saying so, exit 1, nothing promoted."""

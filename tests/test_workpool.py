@@ -16,7 +16,6 @@ from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
 from tests.conftest import AUTH, REPO, wait_for
 
-pytestmark = pytest.mark.slow
 POOL = "mnist-process"
 
 
