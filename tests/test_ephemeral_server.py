@@ -15,7 +15,7 @@ from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_
 
 from mnist_pipeline.ephemeral_server import (DEFAULT_STARTUP_TIMEOUT_S, _early, ephemeral_server, launch_early,
                                              startup_timeout_s)
-from tests.conftest import REPO
+from tests.conftest import REPO, prefect_home
 
 
 def _port_open(url: str) -> bool:
@@ -26,8 +26,8 @@ def _port_open(url: str) -> bool:
         return sock.connect_ex((host, int(port))) == 0
 
 
-def test_starts_a_server_the_client_uses_and_stops_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+def test_starts_a_server_the_client_uses_and_stops_it(tmp_path, monkeypatch, prefect_db):
+    monkeypatch.setenv("PREFECT_HOME", prefect_home(tmp_path, prefect_db))
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         with ephemeral_server() as server:
             assert server is not None and PREFECT_API_URL.value() == server.api_url
@@ -63,8 +63,9 @@ def test_a_first_start_gets_longer_than_prefects_default_unless_the_user_set_a_l
         assert startup_timeout_s() == 7
 
 
-def test_a_server_launched_early_is_taken_over_or_stopped_when_the_profile_names_an_api(tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+def test_a_server_launched_early_is_taken_over_or_stopped_when_the_profile_names_an_api(tmp_path, monkeypatch,
+                                                                                       prefect_db):
+    monkeypatch.setenv("PREFECT_HOME", prefect_home(tmp_path, prefect_db))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         launch_early()
