@@ -52,7 +52,8 @@ SPACE: tuple[Dimension, ...] = (
     Dimension("augment_shift_px", "choice", ("cnn",), 2,
               "augmentation: random shifts of up to this many pixels while training (0 = none)", values=(0, 1, 2, 3)),
     Dimension("members", "choice", ("cnn",), 2,
-              "networks averaged (sharing their first conv block); each one costs ~0.7x a single network's time",
+              "networks averaged (sharing their first conv block); each one after the first costs "
+              "~0.8x a single network's time",
               values=(1, 2, 3)),
 )
 # The cnn's own learning rate and batch size (mnist_pipeline/params.py MODEL_DEFAULTS).
