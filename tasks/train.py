@@ -163,15 +163,17 @@ def training_targets(model, labels: np.ndarray):
 def plain_logs(logs: dict) -> dict:
     """Keras's per-epoch figures under the pipeline's names (loss, accuracy, val_loss,
     val_accuracy), for the shipped model: the cnn's come from its "ensemble" output, its loss being
-    the plain cross-entropy. The cnn's training objective stays, as "objective"."""
-    if "ensemble_accuracy" not in logs:
-        return dict(logs)
+    the plain cross-entropy. The cnn's training objective stays, as "objective". (With one
+    member, its only output, Keras leaves the output's name out of the metric names.)"""
+    output = "ensemble_" if "ensemble_accuracy" in logs else ""
+    if f"{output}cross_entropy" not in logs:
+        return dict(logs)  # the MLP: its figures are already these
     out = {}
     for prefix in ("", "val_"):
-        if f"{prefix}ensemble_accuracy" in logs:
+        if f"{prefix}{output}accuracy" in logs:
             out[f"{prefix}objective"] = logs.get(f"{prefix}loss")
-            out[f"{prefix}loss"] = logs[f"{prefix}ensemble_cross_entropy"]
-            out[f"{prefix}accuracy"] = logs[f"{prefix}ensemble_accuracy"]
+            out[f"{prefix}loss"] = logs[f"{prefix}{output}cross_entropy"]
+            out[f"{prefix}accuracy"] = logs[f"{prefix}{output}accuracy"]
     return out
 
 

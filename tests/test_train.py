@@ -13,7 +13,7 @@ from tasks.fetch import MNIST_SHA256
 from tasks.normalize import Splits, normalize_and_split
 from tasks.evaluate import predict_probabilities
 from mnist_pipeline.params import MODEL_DEFAULTS
-from tasks.train import build_model, shipped_model, train_model, training_targets
+from tasks.train import build_model, plain_logs, shipped_model, train_model, training_targets
 from tasks.validate import validate_mnist
 
 
@@ -66,6 +66,21 @@ def test_cnn_members_learn_from_their_own_smoothed_losses_and_the_average_is_onl
     assert list(single.output) == ["ensemble"] and shipped_model(single).output.shape == (None, 10)
     targets = training_targets(model, np.array([3, 0], dtype=np.uint8))
     assert set(targets) == set(model.output) and targets["member_0"].tolist()[0] == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("keras_logs", [
+    # two or more members: the averaged output's metrics carry its name
+    {"loss": 1.1, "ensemble_accuracy": 0.98, "ensemble_cross_entropy": 0.07, "member_0_loss": 0.55,
+     "val_loss": 1.0, "val_ensemble_accuracy": 0.99, "val_ensemble_cross_entropy": 0.05},
+    # one member (the tuner's members=1): Keras names a single output's metrics plainly
+    {"loss": 1.1, "accuracy": 0.98, "cross_entropy": 0.07, "val_loss": 1.0, "val_accuracy": 0.99,
+     "val_cross_entropy": 0.05},
+])
+def test_cnn_curves_are_the_shipped_models_whatever_the_number_of_members(keras_logs):
+    assert plain_logs(keras_logs) == {"objective": 1.1, "loss": 0.07, "accuracy": 0.98,
+                                      "val_objective": 1.0, "val_loss": 0.05, "val_accuracy": 0.99}
+    mlp = {"loss": 0.2, "accuracy": 0.94, "val_loss": 0.1, "val_accuracy": 0.97}
+    assert plain_logs(mlp) == mlp
 
 
 def test_cnn_learning_rate_is_one_cycle_over_the_given_steps():
