@@ -296,18 +296,17 @@ def test_search_on_a_dask_cluster_names_each_trials_worker_and_gates_the_best(tu
     flow = tune_flow(tune_env, cluster)
     code = flow.wait(900)
     assert code == 0, flow.output[-4000:]
-    _, search, records = stored_search(tune_env)
+    run_id, search, records = stored_search(tune_env)
     assert len(records) == 4 and all(r["status"] == COMPLETED for r in records)
     workers = set(cluster.worker_pids())
     assert {r["worker"] for r in records} == workers  # both workers ran trials, and are named
     # 0, not None: each worker reached the flow's temporary Prefect API (its URL travels in the
     # task's serialized settings; the workers' own environment has no PREFECT_API_URL).
     assert [r["earlier_starts"] for r in records] == [0, 0, 0, 0]
-    assert_best_candidate_gated_and_linked(tune_env, search, records)
+    assert_best_candidate_gated_and_linked(tune_env, run_id, search, records)
 
 
-def assert_best_candidate_gated_and_linked(tune_env: dict, search: dict, records: list[dict]) -> None:
-    run_id, _, _ = stored_search(tune_env)
+def assert_best_candidate_gated_and_linked(tune_env: dict, run_id: str, search: dict, records: list[dict]) -> None:
     assert search["best"]["trial_id"] == max(records, key=lambda r: r["val_accuracy"])["trial_id"]
     production = json.loads((Path(tune_env["MNIST_STORE_URL"]) / "registry" / "production.json").read_text())
     assert production["run_id"] == run_id  # the best candidate went through the gate and was promoted
@@ -350,7 +349,7 @@ def test_search_survives_a_worker_killed_mid_trial(tune_env, cluster):
     killed_at = time.monotonic()
     code = flow.wait(900)
     assert code == 0, flow.output[-4000:]
-    _, search, records = stored_search(tune_env)
+    run_id, search, records = stored_search(tune_env)
     survivor = next(a for a in pids if a != victim)
     assert len(records) == 4 and search["trials_run"] == 4
     assert all(r["status"] == COMPLETED for r in records), records
@@ -362,7 +361,7 @@ def test_search_survives_a_worker_killed_mid_trial(tune_env, cluster):
     assert "rerun after 1 start(s) on a lost worker" in flow.output
     assert time.monotonic() - killed_at < 600
     assert {r["worker"] for r in records} == set(pids)  # the victim's first trial is on record too
-    assert_best_candidate_gated_and_linked(tune_env, search, records)
+    assert_best_candidate_gated_and_linked(tune_env, run_id, search, records)
 
 
 @pytest.mark.slow  # the all-trials-failed line itself: test_every_trial_failed_is_one_line_error
