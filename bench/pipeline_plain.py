@@ -23,6 +23,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mnist_pipeline import collector  # noqa: E402
+
+# As `python flows/train_flow.py` does (flows/plumbing.py): the collector paused while the process
+# imports, frozen at exit. Process plumbing, not orchestration: the comparison keeps it on both sides.
+collector.pause_while_importing()
+
 from mnist_pipeline import registry  # noqa: E402
 from mnist_pipeline.dataset import MNIST_SHA256  # noqa: E402
 from mnist_pipeline.params import parse_params  # noqa: E402
@@ -64,6 +70,7 @@ def main() -> int:
     # Timed on its own: the flow imports TensorFlow while its Prefect server starts, so without
     # this line the plain pipeline's train stage would carry 8-9 s that the flow's does not.
     stage("import tensorflow", lambda: __import__("keras"))
+    collector.resume_after_imports()
     stage("preflight", preflight, store)
     raw = stage("fetch", fetch_mnist, store, settings.mirrors, settings.deadline_s)
     arrays, profile = stage("validate", validate_mnist, raw)

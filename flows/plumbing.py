@@ -15,12 +15,15 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "mnist_pipeline")
 
+from mnist_pipeline import collector  # noqa: E402
 from mnist_pipeline import ephemeral_server as _server  # noqa: E402  (imports no Prefect)
 
 # `python flows/X.py`: Prefect's temporary server starts now, while this process imports Prefect
-# and TensorFlow (2 s earlier than main() could start it; see mnist_pipeline/ephemeral_server.py).
+# and TensorFlow (2 s earlier than main() could start it; see mnist_pipeline/ephemeral_server.py),
+# and the garbage collector waits until TensorFlow is imported (mnist_pipeline/collector.py).
 _entry = getattr(sys.modules.get("__main__"), "__file__", None)
 if _entry and Path(_entry).resolve().parent == Path(__file__).resolve().parent:
+    collector.pause_while_importing()
     _server.launch_early()
 
 import argparse  # noqa: E402
@@ -125,6 +128,8 @@ def _load_tensorflow() -> None:
         import keras  # noqa: F401
     except Exception:  # the train task's own import will report it
         pass
+    finally:
+        collector.resume_after_imports()  # the last big import of a `python flows/X.py` process
 
 
 @contextmanager

@@ -29,9 +29,10 @@ class EphemeralServer:
         """`settings_env`: Prefect's settings as environment variables, beyond os.environ."""
         self.api_url = f"http://127.0.0.1:{port}/api"
         prefect_root = Path(importlib.util.find_spec("prefect").origin).parent.parent  # no import
-        # The command and environment of prefect.server.api.server.SubprocessASGIServer (3.8).
+        # The command and environment of prefect.server.api.server.SubprocessASGIServer (3.8), but
+        # `python -m uvicorn` with the collector paused while it imports (prefect_server.py).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_root),
+            [sys.executable, "-m", "mnist_pipeline.prefect_server", "--app-dir", str(prefect_root),
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "error", "--lifespan", "on"],
             env={**os.environ, **settings_env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",

@@ -1,0 +1,45 @@
+"""mnist_pipeline/collector.py, in fresh processes: a one-off process pauses the garbage collector
+while it imports and resumes it with the imports frozen; the flows' modules imported by a
+long-running process (the deployment's server, a worker) leave the collector alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _run(code: str) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split()
+
+
+def test_paused_while_importing_then_resumed_with_the_imports_frozen():
+    assert _run("import gc\n"
+                "from mnist_pipeline import collector\n"
+                "collector.resume_after_imports()\n"  # never paused: nothing changes
+                "print(gc.isenabled(), gc.get_freeze_count())\n"
+                "collector.pause_while_importing()\n"
+                "print(gc.isenabled())\n"
+                "import json, email.mime.text\n"
+                "collector.resume_after_imports()\n"
+                "print(gc.isenabled(), gc.get_freeze_count() > 1000)\n") == ["True", "0", "False", "True", "True"]
+
+
+def test_a_flow_process_resumes_collecting_once_tensorflow_is_imported():
+    assert _run("import gc\n"
+                "from mnist_pipeline import collector\n"
+                "collector.pause_while_importing()\n"
+                "from flows import plumbing\n"
+                "with plumbing.tensorflow_imported_in_background():\n"
+                "    pass\n"
+                "import sys\n"
+                "print('keras' in sys.modules, gc.isenabled(), gc.get_freeze_count() > 100000)\n") == ["True"] * 3
+
+
+def test_importing_the_flows_in_a_long_running_process_leaves_the_collector_on():
+    assert _run("import gc\n"
+                "import flows.train_flow, flows.tune_flow, deployments.serve\n"
+                "print(gc.isenabled(), gc.get_freeze_count())\n") == ["True", "0"]
