@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                              PREFECT_UI_URL, temporary_settings)
+                              PREFECT_UI_URL, get_current_settings, temporary_settings)
 
 from mnist_pipeline.ephemeral_server import (DEFAULT_STARTUP_TIMEOUT_S, _early, ephemeral_server, launch_early,
                                              startup_timeout_s)
@@ -32,6 +32,8 @@ def test_starts_a_server_the_client_uses_and_stops_it(tmp_path, monkeypatch, pre
         with ephemeral_server() as server:
             assert server is not None and PREFECT_API_URL.value() == server.api_url
             assert not PREFECT_UI_URL.value()  # no UI is served: no "View at" link to a dead page
+            # no heartbeats: this server dies with the run, nothing would read them
+            assert get_current_settings().flows.heartbeat_frequency is None
             server.wait_ready()
             assert httpx.get(f"{server.api_url}/health").json() is True
         assert server.process.poll() is not None and not _port_open(server.api_url)
