@@ -188,6 +188,8 @@ def test_the_report_link_artifact_downloads_the_report(deployment, client, serve
     assert urllib.request.urlopen(url, timeout=10).read() == store.get(f"runs/{production.run_id}/report.html")
     artifacts = [a for a in client.read_artifacts() if str(a.flow_run_id) == production.run_id]
     assert {"mnist-run-summary", "mnist-per-class-metrics", "mnist-report"} <= {a.key for a in artifacts}
+    progress = [a.data for a in artifacts if a.key == "mnist-training-progress"]
+    assert progress == [100]  # the training's progress bar, set between epochs, ended full
     assert all(env["AWS_SECRET_ACCESS_KEY"] not in str(a.data) + str(a.description) for a in artifacts)
 
 
