@@ -68,7 +68,7 @@ def main() -> int:
         return value
 
     # Timed on its own: the flow imports TensorFlow while its Prefect server starts, so without
-    # this line the plain pipeline's train stage would carry 8-9 s that the flow's does not.
+    # this line the plain pipeline's train stage would carry the 5-9 s that the flow's does not.
     stage("import tensorflow", lambda: __import__("keras"))
     collector.resume_after_imports()
     stage("preflight", preflight, store)

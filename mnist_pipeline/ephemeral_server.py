@@ -2,12 +2,14 @@
 
 Without an API URL, Prefect starts this same server lazily, at the flow's first API call, and
 imports its whole server application into this process just to launch it: 3 s before the server
-process even starts, and 80 MB of the training process's memory. Launching it ourselves with
-Prefect's own command line, before anything else, lets its start-up overlap TensorFlow's import.
+process even starts, and 80 MB of the training process's memory. Launching it ourselves, with
+our own command line (mnist_pipeline/prefect_server.py), before anything else, lets its start-up
+overlap TensorFlow's import.
 
 `python flows/X.py` launches it earlier still, before its process imports Prefect (`launch_early`,
-2 s here): the server takes 8-9 s to answer on this project's machine, longer than the flow's
-process takes to import Prefect and TensorFlow. Only this module's functions import Prefect.
+2 s here): the server took 8-9 s to answer on this project's machine, longer than the flow's
+process took to import Prefect and TensorFlow; 6.5-6.9 s since its imports pause the garbage
+collector, about as long. Only this module's functions import Prefect.
 """
 
 from __future__ import annotations
