@@ -318,13 +318,26 @@ def assert_best_candidate_gated_and_linked(tune_env: dict, run_id: str, search: 
     assert (Path(tune_env["MNIST_STORE_URL"]) / "runs" / run_id / "tuning" / "report.html").is_file()
 
 
+def inside_keras_fit() -> bool:
+    """Run on a Dask worker (its event loop thread): is any of its threads inside Keras's fit?"""
+    frames = list(sys._current_frames().values())
+    while frames:
+        frame = frames.pop()
+        if frame.f_code.co_name == "fit" and "keras" in frame.f_code.co_filename:
+            return True
+        if frame.f_back is not None:
+            frames.append(frame.f_back)
+    return False
+
+
 def test_search_survives_a_worker_killed_mid_trial(tune_env, cluster):
-    """SIGKILL a worker while it trains its second trial (TensorFlow and the data already loaded,
-    so the kill lands in `fit`): Dask reruns that trial on the other worker, the search ends
-    with all four trials, each naming its worker, and the best candidate is gated, promoted and
-    linked to its search as usual."""
+    """SIGKILL a worker while its second trial is inside `fit`: Dask reruns that trial on the
+    other worker, the search ends with all four trials, each naming its worker, the rerun one
+    says how often it started before, and the best candidate is gated, promoted and linked to
+    its search as usual."""
     client = cluster.client()
     pids = cluster.worker_pids()
+    assert client.run(inside_keras_fit) == {addr: False for addr in pids}  # and the workers import it now
     flow = tune_flow(tune_env, cluster)
     started: dict[str, set] = {addr: set() for addr in pids}
     victim = None
@@ -336,13 +349,9 @@ def test_search_survives_a_worker_killed_mid_trial(tune_env, cluster):
                 victim = addr
         time.sleep(0.05)
     assert victim, "no worker started a second trial:\n" + flow.output[-3000:]
-    # Kill once the victim has spent 0.8 s of CPU on that trial: well into `fit`.
-    import psutil
-
-    victim_proc = psutil.Process(pids[victim])
-    cpu0 = sum(victim_proc.cpu_times()[:2])
-    while sum(victim_proc.cpu_times()[:2]) - cpu0 < 0.8 and victim in client.processing() \
-            and client.processing()[victim]:
+    # Kill once the victim's trial is inside Keras's `fit`, seen in its threads' stacks: by then
+    # its Running state was sent (a kill before it would be a task Prefect never saw start).
+    while not client.run(inside_keras_fit, workers=[victim])[victim] and client.processing().get(victim):
         time.sleep(0.02)
     assert client.processing().get(victim), "the victim's trial ended before the kill; give trials more work"
     os.kill(pids[victim], signal.SIGKILL)
