@@ -154,6 +154,8 @@ def test_promote_blocked_rollback_and_its_threshold(runs, cli, zoo):
     assert last["decision"] == "rollback" and last["note"] == "a misbehaves"
 
 
+# The noise is the process's, not the backend's: the local store's variant is in `make test-all`.
+@pytest.mark.parametrize("store", [pytest.param("local", marks=pytest.mark.slow), "s3"], indirect=True)
 def test_promote_and_rollback_print_no_tensorflow_noise(runs, store, zoo, cli):
     """The console script for real: TensorFlow's start-up lines (written below Python) are hidden."""
     assert cli("promote", "run-a").code == 0  # in-process: something to roll back to

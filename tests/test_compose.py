@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 
 import boto3
 import pytest
@@ -30,7 +31,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from mnist_pipeline.settings import Settings
-from tests.conftest import REPO, MotoServer, free_port
+from tests.conftest import REPO, MotoServer, free_port, prefect_home
 
 RAW = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = RAW["services"]
@@ -543,11 +544,11 @@ AUTH = "admin:compose-test-password-7"
 
 
 @pytest.fixture(scope="module")
-def prefect_server_with_login(tmp_path_factory):
+def prefect_server_with_login(tmp_path_factory, prefect_db):
     """`prefect server start` on 127.0.0.1 with the server's environment from the compose file."""
     server_env = render({**REQUIRED, "PREFECT_AUTH_STRING": AUTH})["services"]["prefect-server"]["environment"]
     port = free_port()
-    home = tmp_path_factory.mktemp("prefect-auth-home")
+    home = Path(prefect_home(tmp_path_factory.mktemp("prefect-auth-home"), prefect_db))  # no migrations to wait for
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({k: str(v) for k, v in server_env.items()}, PREFECT_HOME=str(home))
     log = open(home / "server.log", "w")
