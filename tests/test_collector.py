@@ -43,3 +43,20 @@ def test_importing_the_flows_in_a_long_running_process_leaves_the_collector_on()
     assert _run("import gc\n"
                 "import flows.train_flow, flows.tune_flow, deployments.serve\n"
                 "print(gc.isenabled(), gc.get_freeze_count())\n") == ["True", "0"]
+
+
+def test_the_console_script_resumes_collecting_once_tensorflow_is_imported(tmp_path):
+    """`mnist-pipeline rollback` on an empty store: it loads TensorFlow, then fails in one line.
+    Printed at exit, after the command: TensorFlow imported, the collector on, the imports frozen.
+    (`main`, which the CLI tests call in their own process, leaves the collector alone: the
+    flag below is only set by the console script's `run`.)"""
+    code = ("import atexit, gc, os, sys\n"
+            f"os.environ['MNIST_STORE_URL'] = {str(tmp_path / 'store')!r}\n"
+            "sys.argv = ['mnist-pipeline', 'rollback']\n"
+            "atexit.register(lambda: print('keras' in sys.modules, gc.isenabled(), gc.get_freeze_count() > 100000))\n"
+            "from mnist_pipeline.cli import common, run\n"
+            "print(common.one_off_process)\n"
+            "run()\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "True", "True", "True"]

@@ -16,6 +16,7 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from mnist_pipeline.cli import review, manage, use  # noqa: I001 (the order of --help)
+from mnist_pipeline.cli import common
 from mnist_pipeline.cli.common import app, err
 from mnist_pipeline.errors import PipelineError
 
@@ -75,4 +76,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
+    common.one_off_process = True
     sys.exit(main())
