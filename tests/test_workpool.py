@@ -48,7 +48,7 @@ def worker(worker_env, tmp_path_factory):
                             start_new_session=True)
     yield deployed, log_path
     # `prefect worker start` (3.8.8) passes SIGTERM on to its worker process as SIGINT; once in a
-    # CI run that process was still up 30 s later, polling the server. Its shutdown is not what
+    # full local run that process was still up 30 s later, polling the server. Its shutdown is not what
     # this test is about: after 10 s the process group is killed, so nothing outlives the test.
     os.killpg(proc.pid, signal.SIGTERM)
     try:
