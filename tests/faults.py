@@ -4,10 +4,26 @@ reader that follows a running flow's output so a test can strike at a given stag
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import threading
 import time
+
+
+def stop_process_groups(procs: list[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM each process's group (started with start_new_session=True), all at once; SIGKILL
+    the groups of those still running `grace_s` later, so nothing outlives the test."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 class CuttableProxy:
@@ -114,9 +130,6 @@ class FlowProcess:
 
     def kill(self) -> None:
         """SIGKILL the flow and everything it started (its ephemeral Prefect server too)."""
-        import os
-        import signal
-
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
 

@@ -21,7 +21,7 @@ from tasks.tune import (COMPLETED, FAILED, DataSource, SearchFailed, best_record
                         drive_search, failed_outcome, make_oracle, render_search_report, run_trial,
                         search_summary, table_rows, trial_epochs)
 from tests.conftest import REPO, free_port, prefect_home
-from tests.faults import FlowProcess
+from tests.faults import FlowProcess, stop_process_groups
 
 
 # -- the search space ----------------------------------------------------------------------------
@@ -247,15 +247,7 @@ class DaskCluster:
         if hasattr(self, "_client"):
             self._client.close()
         for group in (self.workers, self.procs[:1]):
-            for proc in group:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in group:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+            stop_process_groups(group, grace_s=15)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ executes to completion (against the session's Prefect server, with its login, an
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ from mnist_pipeline import registry
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
 from tests.conftest import AUTH, REPO, wait_for
+from tests.faults import stop_process_groups
 
 POOL = "mnist-process"
 
@@ -47,15 +47,10 @@ def worker(worker_env, tmp_path_factory):
                             cwd="/", env=worker_env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     yield deployed, log_path
-    # `prefect worker start` (3.8.8) passes SIGTERM on to its worker process as SIGINT; once in a
-    # full local run that process was still up 30 s later, polling the server. Its shutdown is not what
-    # this test is about: after 10 s the process group is killed, so nothing outlives the test.
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+    # `prefect worker start` (3.8.8) passes SIGTERM on to its worker process as SIGINT; once, in a
+    # full local run, that process was still up 30 s later, polling the server. Its shutdown is not
+    # what this test is about: after 10 s the process group is killed, so nothing outlives the test.
+    stop_process_groups([proc], grace_s=10)
 
 
 def test_a_run_of_the_deployed_flow_is_executed_by_the_worker(worker, worker_env, client):
