@@ -59,4 +59,5 @@ def test_the_console_script_resumes_collecting_once_tensorflow_is_imported(tmp_p
             "run()\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
+    assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr  # one line, as ever
     assert proc.stdout.split() == ["False", "True", "True", "True"]
