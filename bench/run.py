@@ -112,10 +112,10 @@ def run_stages_plain(mirror: str, epochs: int, seed: int, env: dict) -> dict:
 
 def orchestration_cost(pairs: list[dict]) -> dict:
     """Flow wall time minus the same stages without Prefect, and where the difference goes (each
-    a median over the pairs, flow minus plain): before the pipeline (the flow starts Prefect's
-    server and its engine while TensorFlow imports; the plain run imports TensorFlow as its own
-    first stage, counted here), each stage's own extra time, the rest of the pipeline (task
-    states, logs, artifacts between the stages), and after it."""
+    a median over the pairs, flow minus plain): before the pipeline (the flow imports Prefect,
+    starts Prefect's server and its engine while TensorFlow imports; the plain run imports no
+    Prefect, and TensorFlow as its own first stage, counted here), each stage's own extra time, the
+    rest of the pipeline (task states, logs, artifacts between the stages), and after it."""
     def diff(get):
         return round(statistics.median(get(pr["flow"]) - get(pr["stages"]) for pr in pairs), 2)
 
@@ -217,7 +217,7 @@ def main() -> int:
     print(f"| data stages, 70,000 images (cached) | | {data['median_s']:.3f} s | | <= 1.0 s |")
     print(f"| orchestration cost: flow wall - the same stages without Prefect, s | | {cost['median_s']:.2f} "
           f"(pairs: {', '.join(map(str, cost['per_pair_s']))}) | | <= 3 s |")
-    print(f"|   where it goes: before the pipeline (server, engine; TensorFlow's import overlapped) / in the "
+    print(f"|   where it goes: before the pipeline (Prefect's import, server, engine; TensorFlow's import overlapped) / in the "
           f"stages / between them (task states, artifacts) / after (promotion, publish, retention, exit), s | | "
           f"{cost['before_pipeline_s']:.2f} / {sum(cost['in_stages_s'].values()):.2f} / "
           f"{cost['between_stages_s']:.2f} / {cost['after_pipeline_s']:.2f} | | |")
