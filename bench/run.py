@@ -110,6 +110,9 @@ def run_stages_plain(mirror: str, epochs: int, seed: int, env: dict) -> dict:
             "phases_s": phases(launched, wall, result["started_epoch"], result["finished_epoch"])}
 
 
+RUN_ORDER = ("plain", "flow", "stages")
+
+
 def orchestration_cost(pairs: list[dict]) -> dict:
     """Flow wall time minus the same stages without Prefect, and where the difference goes (each
     a median over the pairs, flow minus plain): before the pipeline (the flow imports Prefect,
@@ -167,11 +170,16 @@ def main() -> int:
     pairs = []
     for i in range(args.pairs):  # alternate, so drift in machine load hits both alike
         seed = 42 + i
-        plain = run_plain(mirror, args.epochs, seed, env)
-        flow = run_flow(mirror, args.epochs, seed, env)
-        stages = run_stages_plain(mirror, args.epochs, seed, env)
-        pairs.append({"seed": seed, "plain": plain, "flow": flow, "stages": stages})
-        print(f"pair {i + 1}: plain {plain}  flow {flow}  stages without prefect {stages}", flush=True)
+        runners = {"plain": lambda: run_plain(mirror, args.epochs, seed, env),
+                   "flow": lambda: run_flow(mirror, args.epochs, seed, env),
+                   "stages": lambda: run_stages_plain(mirror, args.epochs, seed, env)}
+        # The order rotates from pair to pair (since 2026-12-02T09): in a fixed order the flow always
+        # ran right after the plain script (100 s on both cores) and the plain pipeline after it.
+        order = [*RUN_ORDER[i % 3:], *RUN_ORDER[:i % 3]]
+        runs = {side: runners[side]() for side in order}
+        pairs.append({"seed": seed, "order": order, **runs})
+        print(f"pair {i + 1} ({', '.join(order)}): plain {runs['plain']}  flow {runs['flow']}  "
+              f"stages without prefect {runs['stages']}", flush=True)
     med = {side: {k: statistics.median(pr[side][k] for pr in pairs)
                   for k in ("wall_s", "peak_rss_mb", "tree_peak_rss_mb", "train_s", "test_accuracy")}
            for side in ("plain", "flow")}
