@@ -1,6 +1,6 @@
 """The training pipeline's stages as plain functions in one process, without Prefect (not even
-imported): what `python flows/train_flow.py` would cost with no orchestration at all. bench/run.py runs it beside
-the flow, same seed, same store kind, to put the orchestration's own cost on record.
+imported): what `python flows/train_flow.py` would cost with no orchestration at all. bench/run.py
+runs it beside the flow, same seed, same store kind, to put the orchestration's own cost on record.
 
     python bench/pipeline_plain.py MIRROR SEED [--model mlp|cnn] [--epochs E]
 
@@ -45,7 +45,7 @@ def keep_prefect_out() -> None:
             raise RuntimeError(f"bench/pipeline_plain.py runs without Prefect, but a stage called {name}")
         return call
 
-    names = {"prefect": {"task": task, "flow": task, "get_run_logger": absent("get_run_logger")},
+    names = {"prefect": {"task": task, "get_run_logger": absent("get_run_logger")},
              "prefect.cache_policies": {"NO_CACHE": None},
              "prefect.tasks": {"exponential_backoff": lambda **_options: None},
              "prefect.artifacts": {n: absent(n) for n in ("create_progress_artifact", "update_progress_artifact",

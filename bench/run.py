@@ -225,8 +225,9 @@ def main() -> int:
     print(f"| data stages, 70,000 images (cached) | | {data['median_s']:.3f} s | | <= 1.0 s |")
     print(f"| orchestration cost: flow wall - the same stages without Prefect, s | | {cost['median_s']:.2f} "
           f"(pairs: {', '.join(map(str, cost['per_pair_s']))}) | | <= 3 s |")
-    print(f"|   where it goes: before the pipeline (Prefect's import, server, engine; TensorFlow's import overlapped) / in the "
-          f"stages / between them (task states, artifacts) / after (promotion, publish, retention, exit), s | | "
+    print(f"|   where it goes: before the pipeline (Prefect's import, server, engine; TensorFlow's import "
+          f"overlapped) / in the stages / between them (task states, artifacts) / after (promotion, "
+          f"publish, retention, exit), s | | "
           f"{cost['before_pipeline_s']:.2f} / {sum(cost['in_stages_s'].values()):.2f} / "
           f"{cost['between_stages_s']:.2f} / {cost['after_pipeline_s']:.2f} | | |")
     if cnn:
