@@ -1,0 +1,61 @@
+"""mnist_pipeline/threadsafe_ast.py, in fresh processes: eight threads parse (as NumPy does for
+every .npy header) while the collector runs finalizers that hand the interpreter to another
+thread. On this Python (3.11.7) that fails with "AST constructor recursion depth mismatch"
+without the guard, as `mnist-pipeline verify` did in one CI run; in a process that imported
+mnist_pipeline it never does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from mnist_pipeline import threadsafe_ast
+from tests.conftest import REPO
+
+HARNESS = """
+import ast, gc, sys, threading, time
+if sys.argv[1] == "pipeline":
+    import mnist_pipeline
+
+class HandsOver:
+    def __del__(self):
+        time.sleep(0)  # lets another thread run
+
+def nested(depth, fn):  # threads at different call depths: a reset counter then differs
+    return fn() if depth == 0 else nested(depth - 1, fn)
+
+def parse():
+    garbage = [HandsOver() for _ in range(3)]
+    for g in garbage:
+        g.cycle = g  # only the collector frees these: it runs in the middle of the parse
+    del garbage
+    ast.literal_eval("{'descr': '|u1', 'fortran_order': False, 'shape': (10000,), }")
+
+failures = []
+def reader(depth):
+    for _ in range(100):
+        try:
+            nested(depth, parse)
+        except SystemError as exc:
+            failures.append(exc)
+
+gc.set_threshold(20)
+for _ in range(10):  # the race shows mostly while threads start
+    threads = [threading.Thread(target=reader, args=(3 * i,)) for i in range(8)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+print(len(failures))
+"""
+
+
+def parse_failures(process: str) -> int:
+    proc = subprocess.run([sys.executable, "-c", HARNESS, process], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout)
+
+
+def test_parsing_from_many_threads_never_fails_in_a_pipeline_process():
+    assert parse_failures("pipeline") == 0
+    if threadsafe_ast.AFFECTED:  # the harness reaches the bug: without the guard, parses fail
+        assert parse_failures("plain") > 0
