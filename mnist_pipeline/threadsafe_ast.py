@@ -14,10 +14,17 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import sys
 import threading
 
 AFFECTED = (3, 11) <= sys.version_info[:3] < (3, 11, 8) or (3, 12) <= sys.version_info[:3] < (3, 12, 2)
+_turns = threading.RLock()
+
+
+def _new_turns_after_fork() -> None:
+    global _turns
+    _turns = threading.RLock()  # a fork copies the lock as it was, maybe held by a thread it did not copy
 
 
 def install() -> None:
@@ -26,12 +33,13 @@ def install() -> None:
     through the lock too."""
     if not AFFECTED or getattr(ast.parse, "takes_turns", False):
         return
-    parse, lock = ast.parse, threading.RLock()
+    parse = ast.parse
 
     @functools.wraps(parse)
     def parse_in_turn(*args, **kwargs):
-        with lock:
+        with _turns:
             return parse(*args, **kwargs)
 
     parse_in_turn.takes_turns = True
     ast.parse = parse_in_turn
+    os.register_at_fork(after_in_child=_new_turns_after_fork)

@@ -59,3 +59,39 @@ def test_parsing_from_many_threads_never_fails_in_a_pipeline_process():
     assert parse_failures("pipeline") == 0
     if threadsafe_ast.AFFECTED:  # the harness reaches the bug: without the guard, parses fail
         assert parse_failures("plain") > 0
+
+
+FORK_WHILE_A_THREAD_PARSES = """
+import ast, os, sys, threading, time
+import mnist_pipeline
+from mnist_pipeline import threadsafe_ast
+
+parsing, done = threading.Event(), threading.Event()
+def parse_slowly():  # a thread in the middle of a parse, as the fork happens
+    with threadsafe_ast._turns:
+        parsing.set()
+        done.wait()
+threading.Thread(target=parse_slowly, daemon=True).start()
+parsing.wait()
+child = os.fork()
+if child == 0:
+    ast.literal_eval("(1, 2)")  # the thread holding the turn was not copied
+    os._exit(0)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    pid, status = os.waitpid(child, os.WNOHANG)
+    if pid:
+        print("child exit", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(child, 9)
+    print("child hung")
+done.set()
+"""
+
+
+def test_a_child_forked_while_another_thread_parses_can_parse():
+    proc = subprocess.run([sys.executable, "-c", FORK_WHILE_A_THREAD_PARSES], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.strip() == "child exit 0", (proc.stdout, proc.stderr[-2000:])
