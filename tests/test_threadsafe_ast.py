@@ -48,9 +48,13 @@ print(len(failures))
 """
 
 
-def parse_failures(process: str) -> int:
-    proc = subprocess.run([sys.executable, "-c", HARNESS, process], cwd=REPO, capture_output=True, text=True,
+def fresh_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
+
+
+def parse_failures(process: str) -> int:
+    proc = fresh_python(HARNESS, process)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return int(proc.stdout)
 
@@ -62,9 +66,8 @@ def test_parsing_from_many_threads_never_fails_in_a_pipeline_process():
 
 
 FORK_WHILE_A_THREAD_PARSES = """
-import ast, os, sys, threading, time
-import mnist_pipeline
-from mnist_pipeline import threadsafe_ast
+import ast, os, threading, time
+from mnist_pipeline import threadsafe_ast  # importing the package installs the guard
 
 parsing, done = threading.Event(), threading.Event()
 def parse_slowly():  # a thread in the middle of a parse, as the fork happens
@@ -92,6 +95,5 @@ done.set()
 
 
 def test_a_child_forked_while_another_thread_parses_can_parse():
-    proc = subprocess.run([sys.executable, "-c", FORK_WHILE_A_THREAD_PARSES], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = fresh_python(FORK_WHILE_A_THREAD_PARSES)
     assert proc.stdout.strip() == "child exit 0", (proc.stdout, proc.stderr[-2000:])
