@@ -16,7 +16,6 @@ import json
 import os
 import sys
 
-from flows import plumbing  # noqa: F401  (first: the environment Prefect and TensorFlow read)
 from flows.train_flow import train_flow
 from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.params import parse_params

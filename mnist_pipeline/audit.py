@@ -64,7 +64,7 @@ def check_production(store: ArtifactStore, audit: Audit) -> registry.Production 
     if error:
         audit.problems.append(error)
     else:
-        from mnist_pipeline.models import model_from_bytes
+        from mnist_pipeline.model import model_from_bytes
 
         _, error = _safe(model_from_bytes, data, production.model_key)
         if error:

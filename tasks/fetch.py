@@ -12,12 +12,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from mnist_pipeline.dataset import CACHE_PREFIX, FILES, MNIST_SHA256, decompress_and_verify
 from mnist_pipeline.errors import DatasetError, MirrorUnavailable, NotFoundInStore
 from mnist_pipeline.store import ArtifactStore
+from tasks.stage import stage
 
 __all__ = ["CACHE_PREFIX", "MNIST_SHA256", "fetch_mnist", "fetch_task", "read_mirror"]
 
@@ -126,6 +126,6 @@ def fetch_mnist(store: ArtifactStore, mirrors: tuple[str, ...], deadline_s: floa
 
 # No task retries: every mirror is already tried in order, and the flow retries a transient
 # failure as a whole (bounded: see docs/reliability.md).
-@task(name="fetch", cache_policy=NO_CACHE)
+@stage("fetch")
 def fetch_task(store: ArtifactStore, mirrors: tuple[str, ...], deadline_s: float) -> dict[str, bytearray]:
     return fetch_mnist(store, mirrors, deadline_s, log=get_run_logger())

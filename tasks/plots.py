@@ -12,10 +12,9 @@ import io
 import math
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks.evaluate import Evaluation
+from tasks.stage import stage
 
 DPI = 150  # sharp when the report scales a figure to its column, and in print
 MISTAKES_SHOWN = 24
@@ -312,7 +311,7 @@ def render_plots(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_te
     }
 
 
-@task(name="plots", cache_policy=NO_CACHE)
+@stage("plots")
 def plots_task(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray,
                min_accuracy: float) -> dict[str, bytes]:
     return render_plots(history, evaluation, x_test, y_test, min_accuracy)

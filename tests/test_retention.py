@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_pipeline import registry, retention
+from mnist_pipeline import keys, registry, retention
 from mnist_pipeline.cli import main
 from mnist_pipeline.errors import RegistryError
-from mnist_pipeline.models import model_from_bytes
+from mnist_pipeline.model import model_from_bytes
 from tests.fakes import cache_test_set, model_zoo, store_run
 
 HEAVY = ("model.keras", "predictions.npy", "plots/confusion_matrix.png")
@@ -124,6 +124,6 @@ def test_the_flow_s_retention_step_collects_and_never_fails_the_run(six_runs, mo
     with disable_run_logger():
         assert retention_task.fn(six_runs, 2, "run-x") == []
         assert "model.keras" not in files_of(six_runs, "r3")
-        six_runs.put(registry.PRODUCTION_KEY, b"{damaged")
+        six_runs.put(keys.PRODUCTION, b"{damaged")
         warnings = retention_task.fn(six_runs, 2, "run-x")
     assert len(warnings) == 1 and warnings[0].startswith("retention (MNIST_KEEP_LAST=2) failed: DamagedRegistry")

@@ -60,7 +60,7 @@ def predict(
     MNIST's own were: grayscale, inverted if dark on light, cropped to the digit, its longest
     side scaled to 20 px, centred by centre of mass in 28x28."""
     from mnist_pipeline.digits import load_digit
-    from mnist_pipeline.models import model_from_bytes, predict_probabilities
+    from mnist_pipeline.model import model_from_bytes, predict_probabilities
 
     _, store = settings_and_store()
     run_id, data = verified_model_bytes(store, run or "production")
