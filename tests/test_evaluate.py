@@ -4,6 +4,8 @@ import pytest
 from tasks.evaluate import evaluate_model, per_class_metrics, predict_probabilities, top_two, wilson_interval
 from mnist_pipeline.model import build_model
 
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
+
 
 def test_wilson_interval_known_values():
     low, high = wilson_interval(9738, 10000)

@@ -9,6 +9,8 @@ from tasks.fetch import MNIST_SHA256
 from tasks.normalize import normalize_and_split, to_unit_float32
 from tasks.validate import validate_mnist
 
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
+
 
 @pytest.fixture(scope="module")
 def arrays(mnist_mirror):

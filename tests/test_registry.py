@@ -242,7 +242,7 @@ def test_a_stale_etag_is_refused_and_the_loser_decides_again(store, runs, monkey
             st.put_if_match(keys.PRODUCTION, json.dumps(body).encode(), etag)
         return data, etag
 
-    monkeypatch.setattr(registry, "read_production_raw", read_then_race)
+    monkeypatch.setattr(registry.promotion, "read_production_raw", read_then_race)  # where promote reads it
     result = promote(store, "c", allow_regression=True)
     assert result.promoted and result.production["previous_run_id"] == "a"
 

@@ -14,6 +14,8 @@ from mnist_pipeline import registry
 from tasks.report import (ReportInput, comparison_view, decision_view, parameter_rows, plural, render_report,
                           timing_rows, verdict)
 
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
+
 COMMIT = "eee6e0ca8a009c61ecbd0047f9539a3da85330b3"
 SHA = {"train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"}

@@ -100,13 +100,13 @@ def test_a_promotion_that_read_production_before_the_fence_decides_again_and_is_
     and deletes; the promotion's conditional write is refused, it decides again, sees the mark."""
     store = six_runs
     candidate = registry.stored_candidate(store, "r3")
-    real_verify = registry._verify_candidate_bytes
+    real_verify = registry.promotion._verify_candidate_bytes
 
     def gc_runs_now(st, cand):
         real_verify(st, cand)
         retention.collect(st, retention.plan(st, keep_last=1), actor="gc", echo=lambda _: None)
 
-    monkeypatch.setattr(registry, "_verify_candidate_bytes", gc_runs_now)
+    monkeypatch.setattr(registry.promotion, "_verify_candidate_bytes", gc_runs_now)
     before = registry.read_production(store)[0].run_id
     with pytest.raises(RegistryError, match="run r3's model was deleted by `mnist-pipeline gc`"):
         registry.promote(store, candidate, min_accuracy=0.5, allow_regression=True)
