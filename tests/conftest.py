@@ -198,7 +198,8 @@ def running_prefect_server(home: Path, **settings: str):
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory, prefect_db):
     """The session's Prefect server, on SQLite (a copy of the migrated database)."""
-    with running_prefect_server(Path(prefect_home(tmp_path_factory.mktemp("prefect-server-home"), prefect_db))) as server:
+    home = Path(prefect_home(tmp_path_factory.mktemp("prefect-server-home"), prefect_db))
+    with running_prefect_server(home) as server:
         yield server
 
 

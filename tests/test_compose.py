@@ -649,7 +649,8 @@ def test_the_server_keeps_its_runs_in_postgres_and_no_password_in_its_log(prefec
     """The compose file's URL works as written: Prefect migrated the database it names, on
     PostgreSQL, logged in with POSTGRES_USER / POSTGRES_PASSWORD (password authentication here)."""
     assert postgres.sql("SELECT count(*) FROM alembic_version", COMPOSE_DATABASE) == "1"
-    assert postgres.sql("SELECT tableowner FROM pg_tables WHERE tablename = 'flow_run'", COMPOSE_DATABASE) == postgres.user
+    owner = postgres.sql("SELECT tableowner FROM pg_tables WHERE tablename = 'flow_run'", COMPOSE_DATABASE)
+    assert owner == postgres.user
     assert postgres.password not in (prefect_auth_home / "server.log").read_text()
 
 

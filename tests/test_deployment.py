@@ -140,8 +140,8 @@ def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client,
     assert "Can't evaluate bulk DML" not in server_log and "Traceback" not in server_log, server_log[-3000:]
     if request.node.callspec.params["server"] == "postgresql":  # the run is PostgreSQL's row, not a file's
         postgres = request.getfixturevalue("postgres")
-        row = postgres.sql(f"SELECT state_name, auto_scheduled FROM flow_run WHERE id = '{run.id}'", PREFECT_POSTGRES_DATABASE)
-        assert row == "Promoted|t"
+        row = f"SELECT state_name, auto_scheduled FROM flow_run WHERE id = '{run.id}'"
+        assert postgres.sql(row, PREFECT_POSTGRES_DATABASE) == "Promoted|t"
         assert postgres.password not in server_log + log_path.read_text()
 
 
