@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from mnist_pipeline import registry
-from mnist_pipeline.errors import NotFoundInStore, PipelineError
+from mnist_pipeline.errors import NotFoundInStore, PipelineError, StoreError
 from mnist_pipeline.store import ArtifactStore
 
 log = logging.getLogger("mnist_pipeline.runs")
@@ -82,6 +82,9 @@ def _json(store: ArtifactStore, key: str) -> dict | None:
         return None
     except ValueError:
         log.warning("skipped %s: not JSON", key)
+        return None
+    except StoreError as exc:  # not readable (a FIFO at that key, no permission): the rest still lists
+        log.warning("skipped %s: %s", key, exc)
         return None
     return value if isinstance(value, dict) else None
 
