@@ -22,6 +22,9 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat
 class NotARegularFile(OSError):
     """A FIFO, a device or a socket where a file was expected; `strerror` says which."""
 
+    def __str__(self) -> str:
+        return f"{self.filename} is {self.strerror}"
+
 
 def kind_of(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
