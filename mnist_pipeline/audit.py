@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
 from datetime import datetime, timezone
 
 from mnist_pipeline import registry, retention

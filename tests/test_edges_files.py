@@ -19,7 +19,6 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
