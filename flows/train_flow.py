@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 
 from mnist_pipeline.dataset import MNIST_SHA256
 from mnist_pipeline.params import (AllowRegression, BatchSize, Epochs, LearningRate, MaxRegression,
-                                   MinAccuracy, ModelKind, Seed, TrainParams, ValidationSize,
+                                   MinAccuracy, ModelKind, OneLineParser, Seed, TrainParams, ValidationSize,
                                    documented_params, parse_params)
 from mnist_pipeline.provenance import git_commit, package_versions
 from mnist_pipeline.registry import Candidate
@@ -140,9 +140,8 @@ def timed(timings: dict, stage: str):
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainParams()
-    p = argparse.ArgumentParser(description="Run the MNIST training pipeline once.",
-                                epilog="Exit status: 0 promoted, 3 blocked by the gate, 2 bad "
-                                       "parameters, 1 the run failed.")
+    p = OneLineParser(description="Run the MNIST training pipeline once.",
+                      epilog="Exit status: 0 promoted, 3 blocked by the gate, 2 bad parameters, 1 the run failed.")
     p.add_argument("--epochs", type=int, default=None, help="default: the model's (mlp: 10)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the model's (mlp: 32)")
     # No argparse `choices`: the one parameter model validates it, with the same one-line error

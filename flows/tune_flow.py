@@ -20,8 +20,8 @@ from prefect import flow, get_run_logger
 
 from flows.train_flow import run_pipeline
 from mnist_pipeline.params import (AllowRegression, Algorithm, MaxParallel, MaxRegression, MinAccuracy,
-                                   ModelKind, Seed, TrainLimit, TrainParams, TrialEpochs, Trials, TuneParams,
-                                   ValidationSize, documented_params, parse_params)
+                                   ModelKind, OneLineParser, Seed, TrainLimit, TrainParams, TrialEpochs, Trials,
+                                   TuneParams, ValidationSize, documented_params, parse_params)
 from mnist_pipeline.search_space import ALGORITHMS
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
@@ -75,10 +75,8 @@ def tune_flow(
 
 def build_parser() -> argparse.ArgumentParser:
     d = TuneParams()
-    p = argparse.ArgumentParser(description="Search hyperparameters, then train, gate and maybe "
-                                            "promote the best candidate.",
-                                epilog="Exit status: 0 promoted, 3 blocked by the gate, 2 bad parameters, "
-                                       "1 the run failed.")
+    p = OneLineParser(description="Search hyperparameters, then train, gate and maybe promote the best candidate.",
+                      epilog="Exit status: 0 promoted, 3 blocked by the gate, 2 bad parameters, 1 the run failed.")
     p.add_argument("--model", default=d.model, help="mlp or cnn")
     p.add_argument("--trials", type=int, default=d.trials)
     p.add_argument("--max-parallel", type=int, default=None,

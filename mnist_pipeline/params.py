@@ -3,7 +3,8 @@ line and the deployment, so a bad value is refused the same way everywhere, befo
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+import argparse
+from typing import Annotated, Literal, NoReturn, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -115,3 +116,11 @@ def parse_params(schema=None, /, **values):
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]) or "parameters"
         raise ConfigError(f"parameter {name}={err.get('input')!r} is invalid: {err['msg']}") from None
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """The flows' command line: a bad option is one line naming it and what it wants, exit 2
+    (argparse's own error prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
