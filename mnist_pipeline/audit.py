@@ -133,7 +133,8 @@ def _file_problem(store: ArtifactStore, key: str, recorded: dict, listed: Object
         return f"{key}: {listed.size:,} bytes, but its manifest recorded {recorded['bytes']:,}"
     if listed.etag and recorded.get("md5") and "-" not in listed.etag and listed.etag != recorded["md5"]:
         return f"{key}: its content changed since it was stored (ETag {listed.etag}, recorded MD5 {recorded['md5']})"
-    if deep or (listed.etag is None and listed.size <= SMALL_FILE):
+    # A folder has no ETag to compare: hash what is small, and every model (what promote checks)
+    if deep or (listed.etag is None and (listed.size <= SMALL_FILE or key.endswith("/model.keras"))):
         actual = registry.sha256(store.get(key))
         if actual != recorded.get("sha256"):
             return f"{key}: SHA-256 {actual}, but its manifest recorded {recorded.get('sha256')}"

@@ -279,6 +279,22 @@ def test_gc_collects_an_interrupted_run_and_verify_forgets_it(store, env, tmp_pa
     print(f"\nEDGES interrupted run: verify {before.seconds:.1f} s, gc {gc.seconds:.1f} s, verify {after.seconds:.1f} s")
 
 
+def test_verify_finds_a_model_of_the_same_size_swapped_in_that_promote_would_refuse(store, env, tmp_path):
+    """verify never calls consistent a store that promote would refuse: a run's model larger than
+    the small files it hashes anyway (a real MLP is 1.3 MB), replaced by other bytes of its size."""
+    from tests.fakes import ZooModel
+
+    big = ZooModel(os.urandom(1_400_000), 0.9, np.zeros(10000, np.uint8))
+    store_run(store, "run-c", big, minutes_ago=5)
+    key = "runs/run-c/model.keras"
+    store.put(key, os.urandom(len(big.data)))
+    audit = cli(env, tmp_path, "verify")
+    assert audit.code == 1 and "Traceback" not in audit.output
+    assert any(line.startswith(f"{key}: SHA-256 ") for line in audit.out.splitlines()), audit.out
+    refused = cli(env, tmp_path, "promote", "run-c")
+    assert refused.code == 1 and key in refused.one_error_line()
+
+
 # -- case 8: the dataset cache -------------------------------------------------------------------
 def test_verify_checks_the_dataset_cache_and_the_others_name_the_cached_file(store, env, tmp_path):
     assert registry.promote(store, registry.stored_candidate(store, "run-b"), min_accuracy=0.5,
