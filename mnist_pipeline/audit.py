@@ -3,9 +3,13 @@
 Checked: production.json is well formed and names a finished run whose model matches its hash
 and loads in safe mode; every model on the rollback stack matches its hash; every history record
 is well formed, and replaying them gives the production and stack that production.json holds;
-each run's files are the ones its manifest lists (size always; the S3 ETag where the listing
-has it; SHA-256 of small files on a folder store; SHA-256 of everything with `deep`); no stale
-temporary files, no foreign objects.
+the cached MNIST files match their pinned SHA-256 (promotion, rollback and compare score on
+them), and the test set is cached once there are runs; each run's files are the ones its
+manifest lists (size always; the S3 ETag where the listing has it; SHA-256 of small files on a
+folder store; SHA-256 of everything with `deep`), and its stored predictions score the accuracy
+its manifest records; a run without manifest is reported once it is an interrupted run
+(mnist_pipeline/retention.py), and no more once gc has collected it; no stale temporary files,
+no foreign objects, nothing that is not a regular file.
 
 Reads run in a thread pool, so 5,000 runs cost seconds, not minutes, on a real S3 endpoint.
 """
@@ -15,14 +19,18 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
-from mnist_pipeline import registry
-from mnist_pipeline.errors import NotFoundInStore, PipelineError
+from mnist_pipeline import registry, retention
+from mnist_pipeline.dataset import CACHE_PREFIX, FILES, LABELS_MAGIC, cached_file, parse_idx
+from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.runs import RUNS_PREFIX, valid_run_id
 from mnist_pipeline.store import ArtifactStore, ObjectInfo
 
 SMALL_FILE = 1 << 20  # hashed on a folder store even without --deep: reading them is cheap
-KNOWN_TOP = ("runs/", "registry/", "datasets/mnist/")
+KNOWN_TOP = ("runs/", "registry/", CACHE_PREFIX)
+TEST_LABELS = "t10k-labels-idx1-ubyte"
+NEEDED_BY_PROMOTION = ("t10k-images-idx3-ubyte", TEST_LABELS)
 RUN_EXTRAS = ("manifest.json", "history.json", registry.TOMBSTONE)  # not listed in the manifest
 RUN_EXTRA_FOLDERS = ("tuning/",)  # a tune run's trials and search report (flows/tune_flow.py)
 
@@ -125,62 +133,104 @@ def _file_problem(store: ArtifactStore, key: str, recorded: dict, listed: Object
         return f"{key}: {listed.size:,} bytes, but its manifest recorded {recorded['bytes']:,}"
     if listed.etag and recorded.get("md5") and "-" not in listed.etag and listed.etag != recorded["md5"]:
         return f"{key}: its content changed since it was stored (ETag {listed.etag}, recorded MD5 {recorded['md5']})"
-    if deep or (listed.etag is None and listed.size <= SMALL_FILE):
+    # A folder has no ETag to compare: hash what is small, and every model (what promote checks)
+    if deep or (listed.etag is None and (listed.size <= SMALL_FILE or key.endswith("/model.keras"))):
         actual = registry.sha256(store.get(key))
         if actual != recorded.get("sha256"):
             return f"{key}: SHA-256 {actual}, but its manifest recorded {recorded.get('sha256')}"
     return None
 
 
+def check_dataset_cache(store: ArtifactStore, audit: Audit, objects: list[ObjectInfo], any_runs: bool):
+    """Each cached MNIST file against its pinned SHA-256; the test labels when they verify (the
+    accuracy checks use them), else None."""
+    cached = {o.key for o in objects if o.key.startswith(CACHE_PREFIX)}
+    expected = {f"{CACHE_PREFIX}{name}.gz": name for name in FILES}
+    audit.problems += [f"{k}: a foreign object (not one of the four MNIST files)"
+                       for k in sorted(cached - set(expected))]
+    labels = None
+    for key, name in expected.items():
+        if key not in cached:
+            if any_runs and name in NEEDED_BY_PROMOTION:
+                audit.problems.append(f"{key}: missing; promote, rollback and compare score models on it "
+                                      "(the next training run caches it again)")
+            continue
+        audit.count("cached MNIST files")
+        try:
+            raw = cached_file(store, name)
+        except PipelineError as exc:
+            audit.problems.append(str(exc))
+            continue
+        if name == TEST_LABELS:
+            labels = parse_idx(name, raw, LABELS_MAGIC)
+    return labels
+
+
 def _accuracy_problem(store: ArtifactStore, run_id: str, manifest: dict, labels) -> str | None:
     """The manifest's test accuracy against what the run's stored predictions score: an edited
-    accuracy is found without loading the model."""
+    accuracy is found without loading the model. A predictions file that cannot be read is named."""
     import numpy as np
 
     from mnist_pipeline.comparison import stored_predictions
 
     recorded = manifest.get("test_accuracy")
+    try:
+        predictions = stored_predictions(store, run_id)
+    except PipelineError as exc:
+        return str(exc)
     if labels is None or not isinstance(recorded, (int, float)):
         return None
-    try:
-        scored = float(np.mean(stored_predictions(store, run_id) == labels))
-    except PipelineError:
-        return None  # missing or damaged predictions are reported by the file checks
+    scored = float(np.mean(predictions == labels))
     if abs(scored - recorded) > 2e-4:
         return (f"{RUNS_PREFIX}{run_id}/manifest.json records test accuracy {recorded:.4f}, but the run's "
                 f"stored predictions score {scored:.4f}")
     return None
 
 
+def _unfinished_problem(run_id: str, unfinished: list[ObjectInfo]) -> list[str]:
+    """A run without manifest: a problem once it is an interrupted run, until gc collects it
+    (then its mark is all that is left); younger, it may still be running."""
+    now = datetime.now(timezone.utc)
+    if not retention.interrupted(unfinished, now):
+        return []
+    days = (now - max(f.modified for f in unfinished)).total_seconds() / 86400
+    return [f"{RUNS_PREFIX}{run_id}/: an interrupted run (no manifest.json, no file written for {days:.1f} days); "
+            "`mnist-pipeline gc` deletes its files"]
+
+
 def check_run(store: ArtifactStore, run_id: str, files: list[ObjectInfo], deep: bool, labels=None) -> list[str]:
     prefix = f"{RUNS_PREFIX}{run_id}/"
+    listed = {f.key: f for f in files}
+    unfinished = retention.unfinished_files(run_id, files)
+    if unfinished is not None:
+        return _unfinished_problem(run_id, unfinished)
     try:
         manifest = json.loads(store.get(prefix + "manifest.json"))
         recorded = manifest["files"]
         if not isinstance(recorded, dict):
             raise TypeError
-    except NotFoundInStore:
-        return [f"{prefix}: incomplete run (no manifest.json): it did not finish; `mnist-pipeline gc` "
-                "collects its files"]
     except (ValueError, KeyError, TypeError):
         return [f"{prefix}manifest.json: damaged, or written before file hashes were recorded"]
+    except PipelineError as exc:
+        return [str(exc)]
     try:
         collected = registry.collected_files(store, run_id)
     except PipelineError as exc:
         return [str(exc)]
-    listed = {f.key: f for f in files}
     problems = [p for key, rec in recorded.items()
                 if (p := _file_problem(store, key, rec if isinstance(rec, dict) else {}, listed.get(key),
                                        collected, deep))]
     extra = [k for k in listed if k not in recorded and k[len(prefix):] not in RUN_EXTRAS
              and not k[len(prefix):].startswith(RUN_EXTRA_FOLDERS)]
     problems += [f"{k}: not listed in its run's manifest" for k in extra]
-    if f"{prefix}predictions.npy" in listed and (problem := _accuracy_problem(store, run_id, manifest, labels)):
-        problems.append(problem)
+    predictions = f"{prefix}predictions.npy"
+    if predictions in listed and not any(p.startswith(predictions) for p in problems):
+        if problem := _accuracy_problem(store, run_id, manifest, labels):
+            problems.append(problem)
     return problems
 
 
-def check_runs(store: ArtifactStore, audit: Audit, deep: bool, objects: list[ObjectInfo]) -> None:
+def check_runs(store: ArtifactStore, audit: Audit, deep: bool, objects: list[ObjectInfo], labels) -> None:
     by_run: dict[str, list[ObjectInfo]] = {}
     for info in objects:
         run_id = info.key[len(RUNS_PREFIX):].split("/", 1)[0]
@@ -188,12 +238,6 @@ def check_runs(store: ArtifactStore, audit: Audit, deep: bool, objects: list[Obj
             audit.problems.append(f"{info.key}: a foreign object (not under runs/<run id>/)")
             continue
         by_run.setdefault(run_id, []).append(info)
-    try:
-        from mnist_pipeline.dataset import load_test_labels
-
-        labels = load_test_labels(store)
-    except PipelineError:
-        labels = None  # no dataset cache yet: accuracies are not checked against predictions
     results = _pool_map(lambda item: check_run(store, item[0], item[1], deep, labels), sorted(by_run.items()))
     audit.count("runs", len(by_run))
     for problems in results:
@@ -202,13 +246,16 @@ def check_runs(store: ArtifactStore, audit: Audit, deep: bool, objects: list[Obj
 
 def verify(store: ArtifactStore, deep: bool = False) -> Audit:
     audit = Audit()
-    everything = store.list_objects("")  # one listing, shared by the checks below
+    everything = store.list_objects("", skipped=audit.problems)  # one listing, shared by the checks below
     production = check_production(store, audit)
     history = [o.key for o in everything if o.key.startswith(registry.HISTORY_PREFIX)]
     check_history(store, audit, production, history)
-    check_runs(store, audit, deep, [o for o in everything if o.key.startswith(RUNS_PREFIX)])
+    runs = [o for o in everything if o.key.startswith(RUNS_PREFIX)]
+    labels = check_dataset_cache(store, audit, everything, any_runs=bool(runs))
+    check_runs(store, audit, deep, runs, labels)
     audit.problems += [f"{o.key}: a foreign object (not part of the store layout)"
                        for o in everything if not o.key.startswith(KNOWN_TOP)]
     audit.problems += [f"{key}: a stale temporary file (a writer died); `mnist-pipeline gc` removes it"
                        for key in store.stale_temp_files()]
+    audit.problems = list(dict.fromkeys(audit.problems))  # two checks meeting one problem: one line
     return audit

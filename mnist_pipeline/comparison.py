@@ -10,9 +10,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from numpy.lib import format as npy_format
 
+from mnist_pipeline.dataset import FILES
 from mnist_pipeline.errors import NotFoundInStore, PipelineError
 from mnist_pipeline.stats import mcnemar_exact
+
+TEST_IMAGES = FILES["t10k-labels-idx1-ubyte"].dims[0]  # a stored prediction file holds one for each
 
 
 def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray) -> list[float]:
@@ -31,15 +35,32 @@ def compare_predictions(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarr
 def stored_predictions(store, run_id: str) -> np.ndarray:
     key = f"runs/{run_id}/predictions.npy"
     try:
-        predictions = np.load(io.BytesIO(store.get(key)), allow_pickle=False)
+        data = store.get(key)
     except NotFoundInStore:
         raise PipelineError(f"run {run_id} has no stored predictions ({key}): the run did not finish, "
                             "or `mnist-pipeline gc` collected them") from None
-    except ValueError:
+    return predictions_from_npy(data, key)
+
+
+def predictions_from_npy(data: bytes, key: str) -> np.ndarray:
+    """One integer prediction per test image from .npy bytes, its header checked against the
+    bytes there are before anything is allocated (np.load allocates whatever a header claims:
+    37 GiB for a 1 KB file)."""
+    stream = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(stream)
+        read_header = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+        shape, _, dtype = read_header[version](stream)
+    except (ValueError, KeyError):
         raise PipelineError(f"{key} is not a NumPy array file; `mnist-pipeline verify` checks it") from None
-    if predictions.shape != (10_000,):
-        raise PipelineError(f"{key} holds {predictions.shape}, not one prediction per test image")
-    return predictions
+    if shape != (TEST_IMAGES,) or dtype.kind not in "iu":
+        raise PipelineError(f"{key} holds {shape} of {dtype}, not one integer prediction per test image "
+                            f"({TEST_IMAGES:,})")
+    expected = stream.tell() + TEST_IMAGES * dtype.itemsize
+    if len(data) != expected:
+        raise PipelineError(f"{key} is {len(data):,} bytes, not the {expected:,} its header announces: "
+                            "truncated or damaged")
+    return np.frombuffer(data, dtype, count=TEST_IMAGES, offset=stream.tell())
 
 
 def with_production(store, production_run_id: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict | None:

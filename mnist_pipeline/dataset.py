@@ -42,8 +42,13 @@ MNIST_SHA256 = {name: f.sha256 for name, f in FILES.items()}
 _CHUNK = 1 << 20
 
 
-def decompress_and_verify(name: str, gz_bytes: bytes, source: str) -> bytearray:
-    """The raw IDX bytes, or DatasetError naming the file and what is wrong with it.
+MIRROR_REMEDY = "fix or remove that mirror"
+CACHE_REMEDY = "delete it: the next training run fetches the official file again and caches it"
+
+
+def decompress_and_verify(name: str, gz_bytes: bytes, source: str, remedy: str = MIRROR_REMEDY) -> bytearray:
+    """The raw IDX bytes, or DatasetError naming the file (`source`: where it came from), what is
+    wrong with it and, `remedy`, what to do.
 
     Streams the decompression into a buffer of the official size and stops at the first byte
     beyond it, so memory stays flat whatever the .gz expands to."""
@@ -60,35 +65,33 @@ def decompress_and_verify(name: str, gz_bytes: bytes, source: str) -> bytearray:
                 if filled + len(piece) > expected.size:
                     raise DatasetError(
                         f"{name}.gz from {source} decompresses to more than the {expected.size:,} bytes "
-                        "of the official file (a gzip bomb or another dataset); fix or remove that mirror")
+                        f"of the official file (a gzip bomb or another dataset); {remedy}")
                 out[filled:filled + len(piece)] = piece
                 filled += len(piece)
                 pending = inflater.unconsumed_tail
                 if filled >= 16 and filled - len(piece) < 16:
-                    _check_header(name, out, source)
+                    _check_header(name, out, source, remedy)
             if inflater.eof:
                 break
     except zlib.error as exc:
-        raise DatasetError(f"{name}.gz from {source} is not a valid gzip file ({exc}); "
-                           "the download is corrupted, fix or remove that mirror") from None
+        raise DatasetError(f"{name}.gz from {source} is not a valid gzip file ({exc}); {remedy}") from None
     if not inflater.eof or filled != expected.size:
         raise DatasetError(f"{name}.gz from {source} is not a complete gzip file ({filled:,} of "
-                           f"{expected.size:,} bytes); the download is truncated or corrupted, "
-                           "fix or remove that mirror")
+                           f"{expected.size:,} bytes): truncated or corrupted; {remedy}")
     actual = hashlib.sha256(out).hexdigest()
     if actual != expected.sha256:
-        raise DatasetError(f"{name} from {source} has SHA-256 {actual}, expected {expected.sha256}; "
-                           "this mirror does not serve the official MNIST files")
+        raise DatasetError(f"{name} from {source} has SHA-256 {actual}, expected {expected.sha256}: "
+                           f"not the official MNIST file; {remedy}")
     return out
 
 
-def _check_header(name: str, head: bytearray, source: str) -> None:
+def _check_header(name: str, head: bytearray, source: str, remedy: str) -> None:
     """Refuse early a file whose IDX header announces something other than the official file."""
     expected = FILES[name]
     magic = int.from_bytes(head[:4], "big")
     if magic != expected.magic:
         raise DatasetError(f"{name} from {source}: magic number 0x{magic:08x}, expected "
-                           f"0x{expected.magic:08x} (not an IDX file of this kind)")
+                           f"0x{expected.magic:08x} (not an IDX file of this kind); {remedy}")
 
 
 def parse_idx(name: str, raw: bytes, expected_magic: int) -> np.ndarray:
@@ -109,12 +112,13 @@ def parse_idx(name: str, raw: bytes, expected_magic: int) -> np.ndarray:
 
 def cached_file(store, name: str) -> bytearray:
     """A verified file from the store's dataset cache (written by the flow's fetch stage)."""
+    key = CACHE_PREFIX + name + ".gz"
     try:
-        gz = store.get(CACHE_PREFIX + name + ".gz")
+        gz = store.get(key)
     except NotFoundInStore:
         raise PipelineError(f"the MNIST files are not cached in {store.url} yet "
-                            f"({CACHE_PREFIX}{name}.gz); run `python flows/train_flow.py` once") from None
-    return decompress_and_verify(name, gz, f"the store cache ({store.location(CACHE_PREFIX + name + '.gz')})")
+                            f"({key}); run `python flows/train_flow.py` once") from None
+    return decompress_and_verify(name, gz, f"the store's cache ({store.location(key)})", CACHE_REMEDY)
 
 
 def load_test_labels(store) -> np.ndarray:

@@ -11,6 +11,8 @@ inputs before (or without) importing Keras.
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,10 @@ CENTRE = 14.0  # where MNIST puts the centre of mass (row and column index)
 NOISE_FLOOR = 0.2
 MIN_CONTRAST = 0.08  # an image whose ink spans less than this (of full scale) holds no digit
 BORDER = 0.04  # fraction of each side read as background to decide the polarity
+# The most pixels decoded (a digit needs 28 x 28): a phone's photo (12-50 MP, a JPEG) is decoded
+# at 1/2-1/8 scale by JPEG's own DCT scaling to fit, any other image above it is refused before
+# decoding. Pillow's own limit (89 MP, an error only at twice that) lets a 55 KB PNG take GBs.
+MAX_PIXELS = 16_000_000
 
 
 def load_digit(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
@@ -42,25 +48,39 @@ def load_digit(source: str | Path | bytes, name: str | None = None) -> np.ndarra
 
 def _decode_gray(source: str | Path | bytes, label: str) -> np.ndarray:
     """Decoded, upright (EXIF orientation), transparency flattened onto white; grey levels in
-    [0, 1] with 1 = white."""
+    [0, 1] with 1 = white. Refused before decoding when larger than MAX_PIXELS (Image.open reads
+    only the header; a JPEG is first offered a smaller scale). Pillow's warnings (its own, far
+    higher, bomb limit; odd EXIF) are not ours to print. Only a regular file is read."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    from mnist_pipeline.files import NotARegularFile, open_regular
+
     try:
-        stream = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+        stream = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else open_regular(source)
     except FileNotFoundError:
         raise ValueError(f"{label}: no such file") from None
+    except NotARegularFile as exc:
+        raise ValueError(f"{label} is {exc.strerror}; give an image file") from None
     except OSError as exc:
         raise ValueError(f"{label} cannot be opened: {exc.strerror or exc}") from None
-    with stream:
+    with stream, warnings.catch_warnings(action="ignore"):
         try:
             img = Image.open(stream)
-            img.load()
-            img = ImageOps.exif_transpose(img)
-        except Image.DecompressionBombError:
-            raise ValueError(f"{label} is too large to be a digit image (over "
-                             f"{Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+            if img.format == "JPEG" and img.width * img.height > MAX_PIXELS:
+                scale = 2 ** math.ceil(math.log2(math.sqrt(img.width * img.height / MAX_PIXELS)))
+                img.draft(None, (img.width // scale, img.height // scale))  # at most 1/8
+            size = img.size
+            if size[0] * size[1] <= MAX_PIXELS:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+        except Image.DecompressionBombError:  # too large even to open: twice Pillow's own limit
+            size = None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise ValueError(f"{label} is not an image Pillow can read (give a PNG or JPEG)") from None
+    if size is None or size[0] * size[1] > MAX_PIXELS:
+        dimensions = f"{size[0]:,} x {size[1]:,} pixels, " if size else ""
+        raise ValueError(f"{label} is {dimensions}more than the {MAX_PIXELS:,} pixels a digit image may have; "
+                         "crop or shrink it")
     return _to_gray(img)
 
 

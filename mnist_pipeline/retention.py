@@ -5,6 +5,11 @@ always: production, every model the rollback stack can return to, manifests, met
 history records. A run is kept when it is among the newest `keep_last`, or (with `keep_days`)
 younger than that.
 
+An interrupted run (a run folder without manifest.json) has all its files deleted once none of
+them has changed for INTERRUPTED_AFTER (or `keep_days`, when longer); until then it may still be
+running. It takes no place among the newest `keep_last`, and `verify` says nothing of it once
+gc has collected it.
+
 Safe against a promotion at the same moment: gc first marks each run it will collect
 (runs/<id>/collected.json), then bumps `gc_fence` in production.json with a conditional write,
 then reads production again and deletes only what is still not production or on the stack. A
@@ -26,6 +31,24 @@ from mnist_pipeline.store import ArtifactStore, ObjectInfo
 
 HEAVY_NAMES = ("model.keras", "predictions.npy")
 HEAVY_FOLDERS = ("plots/",)
+# A run writes its manifest minutes after its first file (the trained model) and a tuning run a
+# trial record every few minutes, so a run folder without manifest untouched this long is no
+# longer running.
+INTERRUPTED_AFTER = timedelta(days=1)
+
+
+def unfinished_files(run_id: str, files: list[ObjectInfo]) -> list[ObjectInfo] | None:
+    """A run folder's files when it has no manifest (gc's mark aside), None when it has one."""
+    names = {f.key[len(f"{RUNS_PREFIX}{run_id}/"):] for f in files}
+    if "manifest.json" in names:
+        return None
+    return [f for f in files if f.key != f"{RUNS_PREFIX}{run_id}/{registry.TOMBSTONE}"]
+
+
+def interrupted(files: list[ObjectInfo], now: datetime, keep_days: float | None = None) -> bool:
+    """Whether an unfinished run's files are old enough to be an interrupted run's."""
+    quiet = max(INTERRUPTED_AFTER, timedelta(days=keep_days or 0))
+    return bool(files) and max(f.modified for f in files) < now - quiet
 
 
 def is_heavy(run_id: str, key: str, models_too: bool) -> bool:
@@ -59,8 +82,19 @@ def plan(store: ArtifactStore, keep_last: int, keep_days: float | None = None,
     now = now or datetime.now(timezone.utc)
     production, _ = registry.read_production(store)
     result = Plan(kept=protected_runs(production), models_kept=production is None)
-    order = run_order(store)
-    for index, (moment, run_id, _) in enumerate(order):
+    finished = 0
+    for moment, run_id, indexed in run_order(store):
+        files = None
+        if not isinstance(indexed, str):  # a run the history does not know: did it finish?
+            files = store.list_objects(f"{RUNS_PREFIX}{run_id}/")
+            unfinished = unfinished_files(run_id, files)
+            if unfinished is not None:
+                if interrupted(unfinished, now, keep_days):
+                    result.collect[run_id] = unfinished
+                elif unfinished:
+                    result.kept[run_id] = "unfinished: it may still be running"
+                continue
+        index, finished = finished, finished + 1
         if run_id in result.kept:
             continue
         if index < keep_last:
@@ -69,10 +103,10 @@ def plan(store: ArtifactStore, keep_last: int, keep_days: float | None = None,
         if keep_days is not None and moment > now - timedelta(days=keep_days):
             result.kept[run_id] = f"younger than {keep_days:g} days"
             continue
-        files = [f for f in store.list_objects(f"{RUNS_PREFIX}{run_id}/")
-                 if is_heavy(run_id, f.key, models_too=production is not None)]
-        if files:
-            result.collect[run_id] = files
+        files = store.list_objects(f"{RUNS_PREFIX}{run_id}/") if files is None else files
+        heavy = [f for f in files if is_heavy(run_id, f.key, models_too=production is not None)]
+        if heavy:
+            result.collect[run_id] = heavy
     return result
 
 

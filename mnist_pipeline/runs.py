@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from mnist_pipeline import registry
-from mnist_pipeline.errors import NotFoundInStore, PipelineError
+from mnist_pipeline.errors import NotFoundInStore, PipelineError, StoreError
 from mnist_pipeline.store import ArtifactStore
 
 log = logging.getLogger("mnist_pipeline.runs")
@@ -83,6 +83,9 @@ def _json(store: ArtifactStore, key: str) -> dict | None:
     except ValueError:
         log.warning("skipped %s: not JSON", key)
         return None
+    except StoreError as exc:  # not readable (a FIFO at that key, no permission): the rest still lists
+        log.warning("%s; skipped", exc)
+        return None
     return value if isinstance(value, dict) else None
 
 
@@ -123,13 +126,15 @@ def _summary_from(store: ArtifactStore, run_id: str, key: str, record: registry.
 
 
 def _unindexed_summary(store: ArtifactStore, run_id: str) -> RunSummary | None:
-    """A run folder the history does not know: read its manifest, else its files' times."""
-    manifest = _json(store, registry.manifest_key(run_id))
+    """A run folder the history does not know: read its manifest, else its files' times (listed
+    first: what is at a key but is not a file, a FIFO, is skipped there with a warning)."""
+    files = store.list_objects(f"{RUNS_PREFIX}{run_id}/")
+    key = registry.manifest_key(run_id)
+    manifest = _json(store, key) if any(f.key == key for f in files) else None
     if manifest is not None:
         moment = _parse_time(manifest.get("finished_at") or manifest.get("started_at"))
         if moment:
             return _from_manifest(run_id, manifest, RunSummary(run_id, moment))
-    files = store.list_objects(f"{RUNS_PREFIX}{run_id}/")
     if not files:
         log.warning("skipped %s%s/: no run files in it", RUNS_PREFIX, run_id)
         return None

@@ -36,6 +36,10 @@ def bucket_name_problem(bucket: str) -> str | None:
     return None
 
 
+def _prefix_problem(prefix: str) -> bool:
+    return any(segment in ("", ".", "..") for segment in prefix.split("/"))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
@@ -109,6 +113,12 @@ class Settings(BaseSettings):
             problem = bucket_name_problem(bucket)
             if problem:
                 raise ValueError(f"bucket name {bucket!r} is not a valid S3 bucket name: it {problem}")
+            prefix = value[5:].partition("/")[2].removesuffix("/")
+            if prefix and _prefix_problem(prefix):
+                # Keys would hold them literally ("runs/../x"); clients that normalise paths (browsers,
+                # `aws s3`) then ask for other keys. The URL is not echoed: it may carry user info.
+                raise ValueError("the prefix after the bucket must not have '.', '..' or empty ('a//b') "
+                                 "segments: write s3://BUCKET/SOME/PREFIX")
         elif "://" in value:
             raise ValueError("must be s3://BUCKET[/PREFIX] or a local folder path")
         return value

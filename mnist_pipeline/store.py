@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -35,6 +36,7 @@ from mnist_pipeline.errors import (
     StoreUnavailable,
     os_error_message,
 )
+from mnist_pipeline.files import NotARegularFile, current_umask, kind_of, read_regular
 from mnist_pipeline.settings import Settings
 
 log = logging.getLogger("mnist_pipeline.store")
@@ -75,8 +77,10 @@ class ArtifactStore(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
-        """Objects under prefix, sorted by key."""
+    def list_objects(self, prefix: str = "", skipped: list[str] | None = None) -> list[ObjectInfo]:
+        """Objects under prefix, sorted by key. What is at a key but cannot be an object (a FIFO or
+        a device in a folder store) is skipped with a warning, or, when `skipped` is a list, one
+        line naming it is appended there instead."""
 
     @abstractmethod
     def list_children(self, prefix: str) -> list[str]:
@@ -134,23 +138,20 @@ class ArtifactStore(ABC):
 
 
 # -- folder ---------------------------------------------------------------------------------------
-def _current_umask() -> int:
-    try:  # Linux shows it without changing it (os.umask would, for every thread, for a moment)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 class LocalStore(ArtifactStore):
-    def __init__(self, root: Path):
+    """A folder. Only regular files are objects: a FIFO or a device at a key is never opened for
+    long (reading one would block, or never end), it is one line naming the key."""
+
+    def __init__(self, root: Path, create: bool = True):
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
-        self._file_mode = 0o666 & ~_current_umask()  # mkstemp's 0600 would hide runs from others
+        self._file_mode = 0o666 & ~current_umask()  # mkstemp's 0600 would hide runs from others
+        if not create:  # reviewing a store never creates one where a path was mistyped
+            if not self.root.is_dir():
+                what = "not a folder" if self.root.exists() else "no such folder"
+                raise StoreError(f"no store at {self.url}: {what}; check MNIST_STORE_URL (a training run "
+                                 "creates the store)")
+            return
         with self._os_errors("create the store folder"):
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -177,6 +178,15 @@ class LocalStore(ArtifactStore):
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
+
+    def _read(self, key: str) -> bytes:
+        try:
+            return read_regular(self._path(key))
+        except NotARegularFile as exc:
+            raise StoreError(self.not_regular_problem(key, exc.strerror)) from None
+
+    def not_regular_problem(self, key: str, what: str) -> str:
+        return f"{key} in the store {self.url} is {what}; remove it (the pipeline writes only regular files)"
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +230,7 @@ class LocalStore(ArtifactStore):
     def get_with_etag(self, key):
         with self._os_errors(f"read {key}"):
             try:
-                data = self._path(key).read_bytes()
+                data = self._read(key)
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 raise NotFoundInStore(f"{key} not found in {self.url}") from None
         return data, _etag(data)
@@ -228,7 +238,7 @@ class LocalStore(ArtifactStore):
     def exists(self, key):
         return self._path(key).is_file()
 
-    def list_objects(self, prefix=""):
+    def list_objects(self, prefix="", skipped=None):
         head = prefix.rpartition("/")[0]
         base = self.root / head if head else self.root
         found = []
@@ -241,6 +251,13 @@ class LocalStore(ArtifactStore):
                     if name.startswith(".") or not key.startswith(prefix):
                         continue
                     st = os.stat(os.path.join(dirpath, name))
+                    if not stat.S_ISREG(st.st_mode):
+                        what = f"{kind_of(st.st_mode)}, not a regular file"
+                        if skipped is None:
+                            log.warning("skipped %s: %s", key, what)
+                        else:
+                            skipped.append(self.not_regular_problem(key, what))
+                        continue
                     found.append(ObjectInfo(key, st.st_size, None,
                                             datetime.fromtimestamp(st.st_mtime, timezone.utc)))
         return sorted(found, key=lambda info: info.key)
@@ -276,7 +293,7 @@ class LocalStore(ArtifactStore):
         path = self._path(key)
         with self._os_errors(f"replace {key}"), self._lock():
             try:
-                current = _etag(path.read_bytes())
+                current = _etag(self._read(key))
             except FileNotFoundError:
                 raise PreconditionFailed(f"{key} no longer exists") from None
             if current != etag:
@@ -511,7 +528,7 @@ class S3Store(ArtifactStore):
             yield from self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, **kwargs)
 
-    def list_objects(self, prefix=""):
+    def list_objects(self, prefix="", skipped=None):  # every S3 key is an object
         found = []
         for page in self._pages(f"list {prefix or '/'}", Prefix=self.prefix + prefix):
             for obj in page.get("Contents", []):
@@ -574,7 +591,8 @@ class S3Store(ArtifactStore):
         self.delete(key)
 
 
-def open_store(settings: Settings) -> ArtifactStore:
+def open_store(settings: Settings, create: bool = True) -> ArtifactStore:
+    """`create=False`: a missing store folder is an error (a missing bucket is still created)."""
     if settings.is_s3:
         return S3Store(settings)
-    return LocalStore(settings.local_store_path())
+    return LocalStore(settings.local_store_path(), create)

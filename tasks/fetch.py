@@ -7,6 +7,7 @@ not hours. Decompression is bounded by the official file sizes (mnist_pipeline.d
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ from prefect import get_run_logger
 
 from mnist_pipeline.dataset import CACHE_PREFIX, FILES, MNIST_SHA256, decompress_and_verify
 from mnist_pipeline.errors import DatasetError, MirrorUnavailable, NotFoundInStore
+from mnist_pipeline.files import open_regular
 from mnist_pipeline.store import ArtifactStore
 from tasks.stage import stage
 
@@ -67,9 +69,10 @@ def read_mirror(mirror: str, filename: str, deadline_s: float = 20.0) -> bytes:
             raise OSError(f"no data for {deadline_s:g} s") from None
     folder = Path(mirror[len("file://"):] if mirror.startswith("file://") else mirror).expanduser()
     path = folder / filename
-    if path.is_file() and path.stat().st_size > MAX_GZ_BYTES:
-        raise DatasetError(f"{path} is larger than {MAX_GZ_BYTES:,} bytes; not MNIST")
-    return path.read_bytes()
+    with open_regular(path) as fh:  # a FIFO in a mirror folder would block the run
+        if os.fstat(fh.fileno()).st_size > MAX_GZ_BYTES:
+            raise DatasetError(f"{path} is larger than {MAX_GZ_BYTES:,} bytes; not MNIST")
+        return fh.read()
 
 
 def _from_cache(store: ArtifactStore, name: str) -> bytearray | None:

@@ -1,13 +1,16 @@
-"""Shared fixtures: the real MNIST files (local mirror) and a real S3 endpoint (moto server
-process on 127.0.0.1), started here and torn down at the end."""
+"""Shared fixtures: the real MNIST files (local mirror), a real S3 endpoint (moto server process
+on 127.0.0.1), real Prefect servers (on SQLite, and on a private PostgreSQL cluster), started here
+and torn down at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -165,14 +168,13 @@ def prefect_home(folder: Path, db: Path) -> str:
     return str(folder)
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory, prefect_db):
-    """A real `prefect server start` on 127.0.0.1 for the session: SQLite, analytics off, a login
-    required (as in compose), the scheduler looping every 2 s. Yields (API URL, its log)."""
+@contextlib.contextmanager
+def running_prefect_server(home: Path, **settings: str):
+    """A real `prefect server start` on 127.0.0.1: analytics off, a login required (as in compose),
+    the scheduler looping every 2 s, and `settings` (its database). Yields (API URL, its log)."""
     port = free_port()
-    home = Path(prefect_home(tmp_path_factory.mktemp("prefect-server-home"), prefect_db))
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_API_URL="",
-               PREFECT_SERVER_API_AUTH_STRING=AUTH, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+               PREFECT_SERVER_API_AUTH_STRING=AUTH, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", **settings)
     log_path = home / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
@@ -185,21 +187,112 @@ def prefect_server(tmp_path_factory, prefect_db):
             assert proc.poll() is None, log_path.read_text()[-3000:]
             return False
 
-    wait_for(healthy, 120, "prefect server health")
-    yield api, log_path
-    proc.terminate()
-    proc.wait(30)
+    try:
+        wait_for(healthy, 120, "prefect server health")
+        yield api, log_path
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory, prefect_db):
+    """The session's Prefect server, on SQLite (a copy of the migrated database)."""
+    home = Path(prefect_home(tmp_path_factory.mktemp("prefect-server-home"), prefect_db))
+    with running_prefect_server(home) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def prefect_client(api: str):
+    """Prefect's own client, logged in to the server at `api`."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH}):
+        with get_client(sync_client=True) as c:
+            yield c
 
 
 @pytest.fixture(scope="session")
 def client(prefect_server):
-    """Prefect's own client, logged in to the session's server."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    with prefect_client(prefect_server[0]) as c:
+        yield c
 
-    with temporary_settings({PREFECT_API_URL: prefect_server[0], PREFECT_API_AUTH_STRING: AUTH}):
-        with get_client(sync_client=True) as c:
-            yield c
+
+# -- PostgreSQL: a private cluster for the session, and a Prefect server on it --------------------
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PREFECT_POSTGRES_DATABASE = "prefect_session"
+
+
+class PostgresCluster:
+    """Debian's PostgreSQL 15 in a folder of its own: TCP on 127.0.0.1 only, with a password (as
+    Prefect connects), and the unix socket in the folder for the superuser (no password)."""
+
+    user = "prefect"
+
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.password = uuid.uuid4().hex
+
+    def _run(self, program: str, *args: str, input: str | None = None) -> str:
+        # initdb refuses to run as root: as root, the cluster is the postgres user's
+        as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        proc = subprocess.run([*as_owner, str(PG_BIN / program), *args], input=input, capture_output=True, text=True,
+                              timeout=120)
+        if proc.returncode:
+            raise RuntimeError(f"{program} {' '.join(args[:2])} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.folder / "data"), "-U", "postgres", "--auth-local=trust",
+                  "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")
+        self._run("pg_ctl", "start", "-D", str(self.folder / "data"), "-l", str(self.folder / "server.log"), "-w",
+                  "-t", "60", "-o", f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+                                    f"-c unix_socket_directories={self.folder}")
+        # the password on stdin, not on a command line (visible in ps)
+        self.sql(f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}'")
+
+    def stop(self) -> None:
+        if (self.folder / "data" / "postmaster.pid").exists():
+            self._run("pg_ctl", "stop", "-D", str(self.folder / "data"), "-m", "fast", "-w", "-t", "60")
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        """One statement as the superuser, through the unix socket; its rows, unaligned."""
+        return self._run("psql", "-h", str(self.folder), "-p", str(self.port), "-U", "postgres", "-d", database,
+                         "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-", input=statement + ";\n").strip()
+
+    def create_database(self, name: str) -> str:
+        """A new database owned by the password user; its URL for Prefect."""
+        self.sql(f"CREATE DATABASE {name} OWNER {self.user}")
+        return f"postgresql+asyncpg://{self.user}:{self.password}@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL 15 cluster for the session, stopped and removed at the end."""
+    if not (PG_BIN / "initdb").is_file():
+        pytest.fail(f"PostgreSQL 15 not found ({PG_BIN}/initdb): install it with .ci/debian-packages", pytrace=False)
+    # not under pytest's temporary folder: that is root's alone (0700), and the cluster is postgres's
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="mnist-postgres-")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.folder)
+
+
+@pytest.fixture(scope="session")
+def prefect_server_postgres(tmp_path_factory, postgres):
+    """The session's Prefect server on PostgreSQL: its own database in the cluster (migrated as the
+    server starts), reached with `postgresql+asyncpg://`. Yields (API URL, its log)."""
+    url = postgres.create_database(PREFECT_POSTGRES_DATABASE)
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-postgres-home"),
+                                PREFECT_API_DATABASE_CONNECTION_URL=url) as server:
+        yield server
 
 
 def _mount(*args: str) -> None:

@@ -50,6 +50,7 @@ def test_the_console_script_resumes_collecting_once_tensorflow_is_imported(tmp_p
     Printed at exit, after the command: TensorFlow imported, the collector on, the imports frozen.
     (`main`, which the CLI tests call in their own process, leaves the collector alone: the
     flag below is only set by the console script's `run`.)"""
+    (tmp_path / "store").mkdir()  # an empty store: a missing one is refused before TensorFlow loads
     code = ("import atexit, gc, os, sys\n"
             f"os.environ['MNIST_STORE_URL'] = {str(tmp_path / 'store')!r}\n"
             "sys.argv = ['mnist-pipeline', 'rollback']\n"

@@ -6,7 +6,9 @@
   way Compose does (`${VAR:?message}` refuses to start when VAR is unset or empty).
 - For real where it can run here: create-bucket's script under /bin/sh with a stand-in `mc`
   that records its calls; the MinIO policy it renders, enforced by moto's IAM (moto stands in
-  for MinIO); Prefect's login and health endpoint on a real `prefect server start`.
+  for MinIO); Prefect's login and health endpoint on a real `prefect server start`, on a real
+  PostgreSQL (the session's cluster) reached with the compose file's database URL; the postgres
+  service's healthcheck command against that cluster.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from mnist_pipeline.settings import Settings
-from tests.conftest import REPO, MotoServer, free_port, prefect_home
+from tests.conftest import PG_BIN, REPO, MotoServer, free_port
 
 RAW = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = RAW["services"]
@@ -46,6 +48,7 @@ REQUIRED = {
     "AWS_ACCESS_KEY_ID": "dummy-pipeline",
     "AWS_SECRET_ACCESS_KEY": "dummy-pipeline-secret",
     "PREFECT_AUTH_STRING": "dummy:dummy-prefect-password",
+    "POSTGRES_PASSWORD": "dummyPostgresPassword",
 }
 # DESIGN.md's configuration table: variables the worker passes on that other branches add to
 # Settings (MNIST_CRON and MNIST_TIMEZONE are deployments/serve.py's).
@@ -148,8 +151,9 @@ def published_host_ips(compose: dict) -> dict[str, str]:
 
 
 # -- the stack's shape ---------------------------------------------------------------------------
-def test_the_stack_has_storage_bucket_server_and_worker():
-    assert {"minio", "create-bucket", "prefect-server", "worker"} <= set(SERVICES)
+def test_the_stack_has_storage_bucket_server_database_and_worker():
+    assert {"minio", "create-bucket", "postgres", "prefect-server", "worker"} <= set(SERVICES)
+    assert SERVICES["prefect-server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     worker = SERVICES["worker"]
     assert worker["build"] == "." and (REPO / "Dockerfile").is_file()
     assert worker["depends_on"]["create-bucket"]["condition"] == "service_completed_successfully"
@@ -175,6 +179,31 @@ def test_prefect_server_ui_port_and_database_volume():
     home = server["environment"]["PREFECT_HOME"]
     assert any(v == f"prefect-data:{home}" for v in server["volumes"]) and "prefect-data" in RAW["volumes"]
     assert server["environment"]["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+
+def test_postgres_is_pinned_persistent_health_checked_and_not_published():
+    postgres = SERVICES["postgres"]
+    assert re.fullmatch(r"postgres:15\.\d+-alpine[\d.]*", postgres["image"]), "pin postgres to a 15.x release"
+    assert "ports" not in postgres and "expose" not in postgres  # only prefect-server reaches it
+    assert postgres["volumes"] == ["postgres-data:/var/lib/postgresql/data"] and "postgres-data" in RAW["volumes"]
+    kind, command = postgres["healthcheck"]["test"]
+    assert kind == "CMD-SHELL" and command.startswith("pg_isready ")
+
+
+def test_prefect_server_reaches_postgres_with_the_credentials_from_env():
+    """One set of variables for the database and its client; the password required, never a default."""
+    postgres = SERVICES["postgres"]["environment"]
+    url = SERVICES["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+        assert variable_of(postgres[name]) == name and f"${{{name}:" in url
+    assert "POSTGRES_PASSWORD:?" in postgres["POSTGRES_PASSWORD"] and "POSTGRES_PASSWORD:?" in url
+    chosen = {**REQUIRED, "POSTGRES_USER": "team", "POSTGRES_PASSWORD": "s3cretHex0", "POSTGRES_DB": "orchestration"}
+    assert render(chosen)["services"]["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"] == \
+        "postgresql+asyncpg://team:s3cretHex0@postgres:5432/orchestration"
+    rendered = render(REQUIRED)["services"]
+    assert rendered["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"] == \
+        f"postgresql+asyncpg://prefect:{REQUIRED['POSTGRES_PASSWORD']}@postgres:5432/prefect"
+    assert {rendered["postgres"]["environment"][name] for name in ("POSTGRES_USER", "POSTGRES_DB")} == {"prefect"}
 
 
 def test_ports_are_published_on_localhost_unless_opened_in_env():
@@ -267,7 +296,7 @@ def test_no_secret_is_written_in_the_compose_file():
                 assert not re.search(r"[A-Za-z0-9]{6,}", literal.replace("http", "").replace("minio", "")), \
                     f"{name} holds a literal: {value!r}"
                 checked += 1
-    assert checked >= 10  # root pair twice, pipeline pair twice, the Prefect login twice
+    assert checked >= 11  # root pair twice, pipeline pair twice, the Prefect login twice, postgres's password
 
 
 def test_every_variable_the_compose_file_reads_is_in_env_example():
@@ -379,7 +408,8 @@ if os.environ.get("FAKE_MC_FAIL") and " ".join(args).startswith(os.environ["FAKE
 
 SETUP_ENV = {"MINIO_ROOT_USER": "root-admin", "MINIO_ROOT_PASSWORD": "root-Pa55-word-0",
              "AWS_ACCESS_KEY_ID": "mnist-pipeline", "AWS_SECRET_ACCESS_KEY": "pipeline-s3cret-1",
-             "PREFECT_AUTH_STRING": "admin:prefect-pass-2", "MNIST_BUCKET": "team-a-mnist"}
+             "PREFECT_AUTH_STRING": "admin:prefect-pass-2", "MNIST_BUCKET": "team-a-mnist",
+             "POSTGRES_PASSWORD": "postgresPass3"}
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]  # the mc image's sh is bash
 
 
@@ -543,12 +573,26 @@ def test_the_policy_on_moto_iam_allows_the_pipelines_bucket_and_nothing_else(mot
 AUTH = "admin:compose-test-password-7"
 
 
+COMPOSE_DATABASE = "prefect_compose"
+
+
 @pytest.fixture(scope="module")
-def prefect_server_with_login(tmp_path_factory, prefect_db):
-    """`prefect server start` on 127.0.0.1 with the server's environment from the compose file."""
-    server_env = render({**REQUIRED, "PREFECT_AUTH_STRING": AUTH})["services"]["prefect-server"]["environment"]
-    port = free_port()
-    home = Path(prefect_home(tmp_path_factory.mktemp("prefect-auth-home"), prefect_db))  # no migrations to wait for
+def prefect_auth_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("prefect-auth-home")
+
+
+@pytest.fixture(scope="module")
+def prefect_server_with_login(prefect_auth_home, postgres):
+    """`prefect server start` on 127.0.0.1 with the server's environment from the compose file, its
+    database URL pointed from the `postgres` service to the session's PostgreSQL cluster."""
+    postgres.create_database(COMPOSE_DATABASE)
+    server_env = render({**REQUIRED, "PREFECT_AUTH_STRING": AUTH, "POSTGRES_USER": postgres.user,
+                         "POSTGRES_PASSWORD": postgres.password, "POSTGRES_DB": COMPOSE_DATABASE,
+                         })["services"]["prefect-server"]["environment"]
+    url = server_env["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert url.count("@postgres:5432/") == 1
+    server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = url.replace("@postgres:5432/", f"@127.0.0.1:{postgres.port}/")
+    port, home = free_port(), prefect_auth_home
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({k: str(v) for k, v in server_env.items()}, PREFECT_HOME=str(home))
     log = open(home / "server.log", "w")
@@ -598,6 +642,30 @@ def test_the_api_requires_the_login_and_the_health_check_passes_without_it(prefe
     assert run_healthcheck(base).returncode == 0  # GET /api/health is exempt from the login
     # and the same check on a protected path fails: the exemption is what keeps it working
     assert run_healthcheck(base, "/api/admin/version").returncode != 0
+
+
+def test_the_server_keeps_its_runs_in_postgres_and_no_password_in_its_log(prefect_server_with_login, postgres,
+                                                                          prefect_auth_home):
+    """The compose file's URL works as written: Prefect migrated the database it names, on
+    PostgreSQL, logged in with POSTGRES_USER / POSTGRES_PASSWORD (password authentication here)."""
+    assert postgres.sql("SELECT count(*) FROM alembic_version", COMPOSE_DATABASE) == "1"
+    owner = postgres.sql("SELECT tableowner FROM pg_tables WHERE tablename = 'flow_run'", COMPOSE_DATABASE)
+    assert owner == postgres.user
+    assert postgres.password not in (prefect_auth_home / "server.log").read_text()
+
+
+def run_pg_healthcheck(port: int) -> subprocess.CompletedProcess:
+    """The postgres service's healthcheck as the container's shell runs it (its environment, `$$`
+    read as `$`), at a port on 127.0.0.1 (PGPORT: the container's is the default 5432)."""
+    kind, command = render(REQUIRED)["services"]["postgres"]["healthcheck"]["test"]
+    environment = render(REQUIRED)["services"]["postgres"]["environment"]
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30,
+                          env={**environment, "PATH": f"{PG_BIN}:/usr/bin:/bin", "PGPORT": str(port)})
+
+
+def test_the_postgres_healthcheck_passes_on_a_running_server_and_fails_without_one(postgres):
+    assert run_pg_healthcheck(postgres.port).returncode == 0
+    assert run_pg_healthcheck(free_port()).returncode != 0
 
 
 def test_the_ui_asks_for_the_login(prefect_server_with_login):

@@ -1,7 +1,8 @@
-"""The served deployment against a real `prefect server start` on 127.0.0.1 (SQLite, analytics
-off, a login required as in compose) and moto S3: the schedule fires and the run the scheduler
-created completes; decided runs are named Promoted / Blocked; their events are in the server's
-feed; a blocked run's notification reaches an HTTP receiver; the report link downloads."""
+"""The served deployment against a real `prefect server start` on 127.0.0.1 (analytics off, a
+login required as in compose) and moto S3, each test on both of Prefect's databases: SQLite, and
+PostgreSQL 15 (a private cluster, `postgresql+asyncpg://`). The schedule fires and the run the
+scheduler created completes; decided runs are named Promoted / Blocked; their events are in the
+server's feed; a blocked run's notification reaches an HTTP receiver; the report link downloads."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import pytest
 from mnist_pipeline import registry
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
-from tests.conftest import AUTH, REPO, free_port, wait_for
+from tests.conftest import AUTH, PREFECT_POSTGRES_DATABASE, REPO, prefect_client, wait_for
 from tests.test_publish import Receiver
 
 
@@ -34,16 +35,28 @@ def api_request(api: str, path: str, body: dict | None = None, auth: str | None 
         return json.loads(response.read())
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request):
+    """The Prefect server of the session on each database: (API URL, its log)."""
+    return request.getfixturevalue({"sqlite": "prefect_server", "postgresql": "prefect_server_postgres"}[request.param])
+
+
 @pytest.fixture(scope="module")
-def receiver():
+def client(server):
+    with prefect_client(server[0]) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def receiver(server):  # one per server: each one's notifications apart
     r = Receiver()
     yield r
     r.close()
 
 
 @pytest.fixture(scope="module")
-def served(prefect_server, moto_server, mnist_mirror, receiver, tmp_path_factory):
-    api, _ = prefect_server
+def served(server, moto_server, mnist_mirror, receiver, tmp_path_factory):
+    api, _ = server
     env = dict(os.environ, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=AUTH, PREFECT_RUNNER_POLL_FREQUENCY="2",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(tmp_path_factory.mktemp("serve-home")),
                MNIST_STORE_URL=f"s3://deploy-{uuid.uuid4().hex[:10]}", MNIST_MIRRORS=str(mnist_mirror),
@@ -88,15 +101,15 @@ def store_for(env):
         "MNIST_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}))
 
 
-def test_the_api_and_ui_require_the_login(prefect_server):
-    api, _ = prefect_server
+def test_the_api_and_ui_require_the_login(server):
+    api, _ = server
     with pytest.raises(urllib.error.HTTPError) as refused:
         api_request(api, "/flows/filter", {}, auth=None)
     assert refused.value.code == 401
     assert isinstance(api_request(api, "/flows/filter", {}), list)
 
 
-def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client, served, prefect_server):
+def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client, served, server, request):
     """Not "the cron is registered": a run the scheduler created (auto-scheduled), executed to
     completion by the serving process, its report in S3. Then the schedule is paused."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
@@ -123,8 +136,13 @@ def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client,
     store = store_for(env)
     assert store.exists(f"runs/{run.id}/report.html")
     assert registry.read_production(store)[0].run_id == str(run.id)
-    server_log = prefect_server[1].read_text()
+    server_log = server[1].read_text()
     assert "Can't evaluate bulk DML" not in server_log and "Traceback" not in server_log, server_log[-3000:]
+    if request.node.callspec.params["server"] == "postgresql":  # the run is PostgreSQL's row, not a file's
+        postgres = request.getfixturevalue("postgres")
+        row = f"SELECT state_name, auto_scheduled FROM flow_run WHERE id = '{run.id}'"
+        assert postgres.sql(row, PREFECT_POSTGRES_DATABASE) == "Promoted|t"
+        assert postgres.password not in server_log + log_path.read_text()
 
 
 def create_example_automations(api: str, webhook: str) -> None:
@@ -144,10 +162,11 @@ def create_example_automations(api: str, webhook: str) -> None:
     assert proc.returncode == 0 and "Created 2 automation" in proc.stdout.replace("\n", " "), proc.stdout + proc.stderr
 
 
-def test_a_blocked_run_is_named_evented_and_notified(deployment, client, served, receiver, prefect_server):
-    """Also the example automation "blocked twice running", sent through a webhook block."""
+def test_a_blocked_run_is_named_evented_and_notified(deployment, client, served, receiver, server):
+    """Runs created through the API, as the UI does; also the example automation "blocked twice
+    running", sent through a webhook block."""
     env, log_path = served
-    create_example_automations(prefect_server[0], f"http://127.0.0.1:{receiver.server.server_address[1]}/")
+    create_example_automations(server[0], f"http://127.0.0.1:{receiver.server.server_address[1]}/")
     first = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 1, "min_accuracy": 0.998})
     run = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 1, "min_accuracy": 0.999})
     assert finished(client, first.id, 300, log_path).name == "Blocked"
@@ -161,7 +180,7 @@ def test_a_blocked_run_is_named_evented_and_notified(deployment, client, served,
     assert env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(receiver.received)
 
     def events():  # this run's blocked event, and a promotion's, both in the feed
-        found = api_request(prefect_server[0], "/events/filter",
+        found = api_request(server[0], "/events/filter",
                             {"filter": {"event": {"prefix": ["mnist."]}}, "limit": 50})["events"]
         mine = [e for e in found if e["event"] == "mnist.promotion.blocked"
                 and e["resource"]["prefect.resource.id"] == f"mnist.run.{run.id}"]
@@ -217,10 +236,10 @@ def test_retention_ran_after_each_run_and_no_secret_is_in_the_serving_log(served
     assert env["AWS_SECRET_ACCESS_KEY"] not in log and AUTH not in log
 
 
-def test_a_failed_run_is_evented_and_notified(prefect_server, moto_server, receiver, tmp_path):
+def test_a_failed_run_is_evented_and_notified(server, moto_server, receiver, tmp_path):
     """`mnist.run.failed` in the server's feed and the alert received, from a run that failed for
     real (a mirror without the files, an empty store), with the reason and without the secret."""
-    api, _ = prefect_server
+    api, _ = server
     (tmp_path / "empty-mirror").mkdir()
     secret = "failed-run-secret-7c2a"
     env = dict(os.environ, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=AUTH, PREFECT_SERVER_ANALYTICS_ENABLED="false",

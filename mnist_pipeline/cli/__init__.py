@@ -24,16 +24,27 @@ __all__ = ["app", "main", "manage", "review", "use"]
 
 
 class _WarningLines(logging.Handler):
-    """Warnings from the store (retries) and the listings (foreign objects) as `warning: ...`."""
+    """Warnings from the store (retries) and the listings (foreign objects) as `warning: ...`,
+    each once per command (a listing read page by page meets the same stray key on every page)."""
+
+    def __init__(self, level: int):
+        super().__init__(level)
+        self.said: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        err.print(f"warning: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
+        line = f"warning: {record.getMessage()}"
+        if line not in self.said:
+            self.said.add(line)
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _setup_logging() -> None:
     logger = logging.getLogger("mnist_pipeline")
-    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
-        logger.addHandler(_WarningLines(logging.WARNING))
+    handler = next((h for h in logger.handlers if isinstance(h, _WarningLines)), None)
+    if handler is None:
+        handler = _WarningLines(logging.WARNING)
+        logger.addHandler(handler)
+    handler.said.clear()  # a new command (tests call main() many times in one process)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
 

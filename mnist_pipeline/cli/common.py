@@ -6,12 +6,15 @@ import contextlib
 import os
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from mnist_pipeline import collector
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.files import write_atomic
 from mnist_pipeline.settings import Settings, load_settings
 from mnist_pipeline.store import ArtifactStore, open_store
 
@@ -29,8 +32,22 @@ def _main() -> None:
 
 
 def settings_and_store() -> tuple[Settings, ArtifactStore]:
+    """Every command reviews or manages an existing store: a missing folder is an error, never
+    created (a mistyped MNIST_STORE_URL would otherwise look like an empty store)."""
     settings = load_settings()
-    return settings, open_store(settings)
+    return settings, open_store(settings, create=False)
+
+
+def save(output: Path | None, default_name: str, data: bytes) -> Path:
+    """Write `data` to the user's `output` (a file, or a folder to put `default_name` in; the
+    current folder when None), whole or not at all (mnist_pipeline/files.py)."""
+    target = output or Path(default_name)
+    if target.is_dir():
+        target = target / default_name
+    if not target.parent.is_dir():
+        raise PipelineError(f"cannot write {target}: the folder {target.parent} does not exist")
+    write_atomic(target, data)
+    return target
 
 
 def iso(moment: datetime | str | None) -> str:

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from mnist_pipeline import registry
-from mnist_pipeline.cli.common import app, iso, out, print_table, say, settings_and_store, warn
+from mnist_pipeline.cli.common import app, iso, out, print_table, save, say, settings_and_store, warn
 from mnist_pipeline.comparison import compare_predictions, stored_predictions
 from mnist_pipeline.dataset import load_test_labels
 from mnist_pipeline.errors import NotFoundInStore, PipelineError
@@ -69,17 +69,6 @@ def history(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> N
         warn(f"showing the newest {len(records)} decisions; --limit N or --all for more")
 
 
-def _report_target(output: Optional[Path], run_id: str) -> Path:
-    name = f"report-{run_id}.html"
-    if output is None:
-        return Path(name)
-    if output.is_dir():
-        return output / name
-    if not output.parent.is_dir():
-        raise PipelineError(f"cannot write {output}: the folder {output.parent} does not exist")
-    return output
-
-
 @app.command()
 def report(
     run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
@@ -102,11 +91,7 @@ def report(
         elif store.url.startswith("s3://"):
             warn(f"the link expires in {expires} s")
         return
-    target = _report_target(output, run_id)
-    try:
-        target.write_bytes(store.get(key))
-    except OSError as exc:
-        raise PipelineError(f"cannot write {target}: {exc.strerror}") from None
+    target = save(output, f"report-{run_id}.html", store.get(key))
     say(f"saved {target}")
     if open_it and not webbrowser.open(target.resolve().as_uri()):
         warn(f"no browser could be opened here; the report is at {target.resolve()}")

@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from mnist_pipeline import registry
-from mnist_pipeline.cli.common import app, err, load_keras_quietly, out, say, settings_and_store
+from mnist_pipeline.cli.common import app, err, load_keras_quietly, out, save, say, settings_and_store
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.runs import resolve_run
 
@@ -40,13 +40,7 @@ def model(
     """Download a model (Keras 3 format), checked against its recorded SHA-256."""
     _, store = settings_and_store()
     run_id, data = verified_model_bytes(store, which)
-    target = output or Path(f"model-{run_id[:8]}.keras")
-    if target.is_dir():
-        target = target / f"model-{run_id[:8]}.keras"
-    try:
-        target.write_bytes(data)
-    except OSError as exc:
-        raise PipelineError(f"cannot write {target}: {exc.strerror}") from None
+    target = save(output, f"model-{run_id[:8]}.keras", data)
     say(f"saved {target} (run {run_id}, SHA-256 {registry.sha256(data)})")
 
 

@@ -1,0 +1,406 @@
+"""Hostile files at the edges of a run (issue 27): decompression bombs and FIFOs given to
+`predict`, FIFOs in a folder store, a full disk under `model -o` and `report -o`, an interrupted
+run, a swapped dataset cache, a predictions file whose header lies, a store URL with '..', a bad
+flow option, a mistyped store folder. Each as a user meets it: the real console script in a child
+process (its exit status, its one line, no traceback, its seconds and peak memory), the files
+left behind."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_pipeline import registry
+from mnist_pipeline.dataset import CACHE_PREFIX
+from mnist_pipeline.store import LocalStore, file_record
+from tests.conftest import REPO
+from tests.fakes import cache_test_set, model_zoo, store_run
+
+CLI = str(Path(sys.executable).parent / "mnist-pipeline")
+
+
+@dataclass
+class Child:
+    code: int
+    out: str
+    err: str
+    seconds: float
+    peak_mb: float  # the child's own maximum resident set size
+
+    @property
+    def output(self) -> str:
+        return self.out + self.err
+
+    def one_error_line(self) -> str:
+        assert "Traceback" not in self.output, self.output
+        lines = [line for line in self.err.splitlines() if line.strip()]
+        assert len(lines) == 1, self.err
+        return lines[0]
+
+
+# Starts argv and records its exit status and peak RSS from wait4. Through this small process, not
+# from pytest's: a child's peak RSS counts the memory of the process it was forked from.
+_LAUNCHER = """import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+open(sys.argv[1], "w").write(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_maxrss]))
+"""
+
+
+def run_child(argv: list[str], env: dict, tmp_path: Path, timeout: float = 60, cwd: Path = REPO) -> Child:
+    """Run argv; killed (its whole process group) after `timeout`."""
+    out_path, err_path, usage_path = tmp_path / "child.out", tmp_path / "child.err", tmp_path / "child.usage"
+    usage_path.unlink(missing_ok=True)
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        started = time.monotonic()
+        launcher = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(usage_path), *argv],
+                                    stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True)
+        try:
+            launcher.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+            pytest.fail(f"{argv} still running after {timeout} s")
+    seconds = time.monotonic() - started
+    code, peak_kb = json.loads(usage_path.read_text())
+    return Child(code, out_path.read_text(), err_path.read_text(), seconds, peak_kb / 1024)
+
+
+@pytest.fixture(scope="session")
+def zoo(mnist_mirror):
+    return model_zoo(mnist_mirror, noise_levels=(0.0, 0.6))
+
+
+@pytest.fixture
+def store(tmp_path, zoo, mnist_mirror) -> LocalStore:
+    """run-a in production, run-b blocked; the test set cached as the flow leaves it."""
+    store = LocalStore(tmp_path / "store")
+    cache_test_set(store, mnist_mirror)
+    store_run(store, "run-a", zoo[0], minutes_ago=20)
+    store_run(store, "run-b", zoo[1], minutes_ago=10)
+    assert registry.promote(store, registry.stored_candidate(store, "run-a"), min_accuracy=0.5).promoted
+    return store
+
+
+@pytest.fixture
+def env(store) -> dict:
+    return dict(os.environ, MNIST_STORE_URL=store.url, MNIST_MIN_ACCURACY="0.5")
+
+
+def cli(env: dict, tmp_path: Path, *args: str, timeout: float = 60) -> Child:
+    return run_child([CLI, *args], env, tmp_path, timeout)
+
+
+# -- case 5: images ------------------------------------------------------------------------------------
+def bomb_png(path: Path, side: int, bit_depth: int, colour_type: int, palette: bytes = b"") -> Path:
+    """A PNG of side x side pixels, all zero: rows compressed as they are made, so the file is
+    small and making it takes no memory."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * ((side * bit_depth + 7) // 8 + 1)
+    packer = zlib.compressobj(9)
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, bit_depth, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + (chunk(b"PLTE", palette) if palette else b"")
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side,bit_depth,colour_type,palette", [
+    (13_370, 8, 3, b"\0\0\0\xff\xff\xff"),  # palette, just below twice Pillow's limit: Pillow only warns
+    (12_000, 1, 0, b""),  # 1-bit
+    (20_000, 1, 0, b""),  # beyond twice Pillow's limit: Pillow refuses to open it
+])
+def test_a_decompression_bomb_is_refused_by_its_pixel_count_before_decoding(env, tmp_path, side, bit_depth,
+                                                                             colour_type, palette):
+    bomb = bomb_png(tmp_path / "bomb.png", side, bit_depth, colour_type, palette)
+    child = cli(env, tmp_path, "predict", str(bomb))
+    line = child.one_error_line()
+    print(f"\nEDGES bomb {side}x{side} {bit_depth}-bit ({bomb.stat().st_size:,} bytes): {child.seconds:.2f} s, "
+          f"peak {child.peak_mb:.0f} MB")
+    assert child.code == 1 and line.startswith(f"error: {bomb} is ")
+    assert line.endswith("more than the 16,000,000 pixels a digit image may have; crop or shrink it")
+    assert "Warning" not in child.output and "DecompressionBomb" not in child.output
+    assert child.seconds < 15 and child.peak_mb < 250  # it decoded nothing (the bomb: gigabytes)
+
+
+def test_a_phone_photo_larger_than_the_limit_is_decoded_at_a_smaller_scale(tmp_path):
+    """A 50 MP JPEG (8160 x 6120, a phone's full-resolution photo) of a dark ring on paper: JPEG's
+    own scaling decodes it at 1/2; the digit comes out as from the same photo taken at half size."""
+    from PIL import Image, ImageDraw
+
+    from mnist_pipeline.digits import load_digit
+
+    def ring(width: int, height: int) -> Image.Image:
+        photo = Image.new("L", (width, height), 225)
+        ImageDraw.Draw(photo).ellipse((width * 0.4, height * 0.25, width * 0.6, height * 0.75), outline=30,
+                                      width=width // 60)
+        return photo
+
+    ring(8160, 6120).save(tmp_path / "photo.jpg", quality=85)
+    ring(4080, 3060).save(tmp_path / "half.jpg", quality=85)
+    big, half = load_digit(tmp_path / "photo.jpg"), load_digit(tmp_path / "half.jpg")
+    assert big.shape == (28, 28) and np.corrcoef(big.ravel(), half.ravel())[0, 1] > 0.99
+
+
+def test_reading_an_image_changes_nothing_in_pillow_or_the_warnings_filters(tmp_path):
+    from PIL import Image
+
+    from mnist_pipeline.digits import load_digit
+
+    limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+    bomb = bomb_png(tmp_path / "bomb.png", 13_370, 1, 0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="more than the 16,000,000 pixels"):
+            load_digit(bomb)
+    assert seen == [] and Image.MAX_IMAGE_PIXELS == limit and warnings.filters == filters
+
+
+@pytest.mark.parametrize("make", ["fifo", "device"])
+def test_predict_reads_only_regular_files_and_never_blocks(env, tmp_path, make):
+    if make == "fifo":
+        image = tmp_path / "x.png"
+        os.mkfifo(image)
+        kind = "a FIFO"
+    else:
+        image, kind = Path("/dev/zero"), "a character device"
+    child = cli(env, tmp_path, "predict", str(image), timeout=30)
+    assert child.code == 1 and child.seconds < 15
+    assert child.one_error_line() == f"error: {image} is {kind}, not a regular file; give an image file"
+
+
+def test_a_fifo_at_a_key_of_a_folder_store_is_one_line_naming_it(store, env, tmp_path, zoo):
+    """FIFOs where a history record, an unindexed run's manifest and a stray file would be:
+    listings skip them with a warning, verify names each as a problem, a read of one is one line."""
+    store_run(store, "run-c", zoo[1], minutes_ago=5, decide=None)  # a run the history does not know
+    root = Path(store.url)
+    (root / "runs/run-c/manifest.json").unlink()
+    fifos = ["registry/history/20990101T000000.000000Z-run-b.json", "runs/run-c/manifest.json", "runs/run-a/notes.txt"]
+    for key in fifos:
+        os.mkfifo(root / key)
+    listing = cli(env, tmp_path, "runs", "--all", timeout=30)
+    assert listing.code == 0 and "Traceback" not in listing.output and listing.seconds < 15
+    assert [line.split("\t")[0] for line in listing.out.splitlines()[1:]] == ["run-c", "run-b", "run-a"]
+    assert "warning: skipped runs/run-c/manifest.json: a FIFO, not a regular file" in listing.err
+    assert listing.err.count("warning: skipped registry/history/20990101T000000.000000Z-run-b.json") == 1
+    audit = cli(env, tmp_path, "verify", timeout=60)
+    assert audit.code == 1 and "Traceback" not in audit.output and audit.seconds < 30
+    for key in fifos:
+        assert f"{key} in the store {store.url} is a FIFO, not a regular file; remove it" in audit.out, audit.out
+    refused = cli(env, tmp_path, "promote", "run-c", timeout=30)
+    assert refused.code == 1
+    assert refused.one_error_line() == f"error: runs/run-c/manifest.json in the store {store.url} is a FIFO, " \
+                                       "not a regular file; remove it (the pipeline writes only regular files)"
+
+
+def test_a_fifo_in_a_local_mirror_folder_is_refused_at_once(tmp_path):
+    from tasks.fetch import read_mirror
+
+    os.mkfifo(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    started = time.monotonic()
+    with pytest.raises(OSError, match="t10k-labels-idx1-ubyte.gz is a FIFO, not a regular file"):
+        read_mirror(str(tmp_path), "t10k-labels-idx1-ubyte.gz")
+    assert time.monotonic() - started < 1
+
+
+# -- case 6: writes to a user's path -------------------------------------------------------------
+def fill(folder: Path) -> None:
+    with open(folder / "filler", "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:  # full
+            pass
+
+
+@pytest.mark.parametrize("command", [["model", "-o"], ["report", "run-a", "-o"]])
+def test_a_full_disk_leaves_the_old_file_as_it_was_and_no_temporary_file(env, tmp_path, small_tmpfs, command):
+    target = small_tmpfs / "old.bin"
+    target.write_bytes(b"the user's earlier file")
+    fill(small_tmpfs)
+    before = sorted(os.listdir(small_tmpfs))
+    child = cli(env, tmp_path, *command, str(target))
+    assert child.code == 1
+    assert child.one_error_line() == f"error: cannot write {target}: No space left on device; the existing file " \
+                                     "is unchanged"
+    assert target.read_bytes() == b"the user's earlier file" and sorted(os.listdir(small_tmpfs)) == before
+    (small_tmpfs / "filler").unlink()
+    saved = cli(env, tmp_path, *command, str(target))
+    assert saved.code == 0 and target.read_bytes() == LocalStore(Path(env["MNIST_STORE_URL"]), create=False).get(
+        "runs/run-a/model.keras" if command[0] == "model" else "runs/run-a/report.html")
+    assert sorted(os.listdir(small_tmpfs)) == ["old.bin"]
+
+
+def test_a_device_is_never_replaced_by_an_output(env, tmp_path):
+    child = cli(env, tmp_path, "model", "-o", "/dev/null")
+    assert child.code == 1 and Path("/dev/null").is_char_device()
+    assert child.one_error_line() == "error: cannot write /dev/null: it is a character device, not a regular " \
+                                     "file; give a file path"
+
+
+# -- case 7: an interrupted run ------------------------------------------------------------------
+def test_gc_collects_an_interrupted_run_and_verify_forgets_it(store, env, tmp_path, zoo):
+    """run-x stopped three days ago (a model, no manifest); run-y is being written now."""
+    root = Path(store.url)
+    for run_id in ("run-x", "run-y"):
+        store.put(f"runs/{run_id}/model.keras", zoo[0].data)
+        store.put(f"runs/{run_id}/history.json", b"{}")
+    three_days_ago = time.time() - 3 * 86400
+    for path in (root / "runs/run-x").iterdir():
+        os.utime(path, (three_days_ago, three_days_ago))
+    before = cli(env, tmp_path, "verify")
+    assert before.code == 1 and "Traceback" not in before.output
+    assert before.out.splitlines() == ["runs/run-x/: an interrupted run (no manifest.json, no file written for "
+                                       "3.0 days); `mnist-pipeline gc` deletes its files"]
+    gc = cli(env, tmp_path, "gc", "--keep-last", "5")
+    assert gc.code == 0 and "deleted runs/run-x/model.keras" in gc.out and "run-y" not in gc.out
+    assert sorted(p.name for p in (root / "runs/run-x").iterdir()) == ["collected.json"]
+    mark = json.loads(store.get("runs/run-x/collected.json"))
+    assert set(mark["files"]) == {"runs/run-x/model.keras", "runs/run-x/history.json"}
+    assert (root / "runs/run-y/model.keras").exists()  # it may still be running
+    after = cli(env, tmp_path, "verify")
+    assert after.code == 0 and after.out.startswith(f"ok: {store.url} is consistent"), after.output
+    print(f"\nEDGES interrupted run: verify {before.seconds:.1f} s, gc {gc.seconds:.1f} s, verify {after.seconds:.1f} s")
+
+
+def test_verify_finds_a_model_of_the_same_size_swapped_in_that_promote_would_refuse(store, env, tmp_path):
+    """verify never calls consistent a store that promote would refuse: a run's model larger than
+    the small files it hashes anyway (a real MLP is 1.3 MB), replaced by other bytes of its size."""
+    from tests.fakes import ZooModel
+
+    big = ZooModel(os.urandom(1_400_000), 0.9, np.zeros(10000, np.uint8))
+    store_run(store, "run-c", big, minutes_ago=5)
+    key = "runs/run-c/model.keras"
+    store.put(key, os.urandom(len(big.data)))
+    audit = cli(env, tmp_path, "verify")
+    assert audit.code == 1 and "Traceback" not in audit.output
+    assert any(line.startswith(f"{key}: SHA-256 ") for line in audit.out.splitlines()), audit.out
+    refused = cli(env, tmp_path, "promote", "run-c")
+    assert refused.code == 1 and key in refused.one_error_line()
+
+
+# -- case 8: the dataset cache -------------------------------------------------------------------
+def test_verify_checks_the_dataset_cache_and_the_others_name_the_cached_file(store, env, tmp_path):
+    assert registry.promote(store, registry.stored_candidate(store, "run-b"), min_accuracy=0.5,
+                            allow_regression=True).promoted  # so that rollback has somewhere to go
+    key = CACHE_PREFIX + "t10k-labels-idx1-ubyte.gz"
+    labels = bytearray(gzip.decompress(store.get(key)))
+    labels[8] = (labels[8] + 1) % 10  # one test label changed, still a valid gzip of a valid IDX file
+    store.put(key, gzip.compress(bytes(labels)))
+    cached = f"t10k-labels-idx1-ubyte from the store's cache ({store.location(key)}) has SHA-256 "
+    audit = cli(env, tmp_path, "verify")
+    assert audit.code == 1 and "Traceback" not in audit.output
+    assert len(audit.out.splitlines()) == 1 and audit.out.startswith(cached), audit.out
+    for args in (["promote", "run-a"], ["rollback"], ["compare", "run-a", "run-b"]):
+        child = cli(env, tmp_path, *args)
+        line = child.one_error_line()
+        assert child.code == 1 and line.startswith(f"error: {cached}") and "mirror" not in line, (args, line)
+        assert line.endswith("not the official MNIST file; delete it: the next training run fetches the official "
+                             "file again and caches it")
+    assert registry.read_production(store)[0].run_id == "run-b"
+
+
+# -- case 9: a predictions file whose header lies ------------------------------------------------
+def test_a_predictions_header_claiming_37_gib_is_named_without_allocating_it(store, env, tmp_path):
+    """1 KB whose .npy header claims 5e9 int64 predictions; its manifest record updated to match,
+    so that only reading the header can tell."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<i8", "fortran_order": False, "shape": (5_000_000_000,)})
+    liar = buf.getvalue().ljust(1024, b"\0")
+    key = "runs/run-b/predictions.npy"
+    store.put(key, liar)
+    manifest = json.loads(store.get("runs/run-b/manifest.json"))
+    manifest["files"][key] = file_record(liar)
+    store.put("runs/run-b/manifest.json", json.dumps(manifest).encode())
+    named = f"{key} holds (5000000000,) of int64, not one integer prediction per test image (10,000)"
+    compared = cli(env, tmp_path, "compare", "run-a", "run-b")
+    assert compared.code == 1 and compared.one_error_line() == f"error: {named}"
+    assert compared.peak_mb < 300 and compared.seconds < 20
+    audit = cli(env, tmp_path, "verify")
+    assert audit.code == 1 and "Traceback" not in audit.output and "MemoryError" not in audit.output
+    assert audit.out.splitlines() == [named] and audit.seconds < 30
+    print(f"\nEDGES lying .npy header: compare {compared.seconds:.1f} s, peak {compared.peak_mb:.0f} MB; "
+          f"verify {audit.seconds:.1f} s")
+
+
+# -- case 11: '..' in an S3 prefix ---------------------------------------------------------------
+@pytest.mark.parametrize("url", ["s3://bucket/../../x", "s3://bucket/a//b", "s3://bucket/./runs", "s3://bucket/a/.."])
+def test_dot_segments_and_empty_segments_in_an_s3_prefix_are_refused_in_one_line(url):
+    from mnist_pipeline.errors import ConfigError
+    from mnist_pipeline.settings import load_settings
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(store_url=url)
+    assert str(refused.value) == ("MNIST_STORE_URL is invalid: the prefix after the bucket must not have '.', '..' "
+                                  "or empty ('a//b') segments: write s3://BUCKET/SOME/PREFIX; fix it in the "
+                                  "environment")
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/team/a", "s3://bucket/team/a/", "s3://bucket"])
+def test_an_ordinary_s3_prefix_is_accepted(url):
+    from mnist_pipeline.settings import load_settings
+
+    assert load_settings(store_url=url).store_url == url
+
+
+def test_the_flow_refuses_a_dotted_prefix_in_one_line_exit_2(tmp_path):
+    env = dict(os.environ, MNIST_STORE_URL="s3://bucket/../../x", PREFECT_HOME=str(tmp_path / "prefect"))
+    child = run_child([sys.executable, "flows/train_flow.py"], env, tmp_path)
+    assert child.code == 2 and "../" not in child.output
+    assert child.one_error_line().startswith("error: MNIST_STORE_URL is invalid: the prefix after the bucket")
+
+
+# -- case 12: the flows' options; review commands never create a store ---------------------------
+def test_a_bad_flow_option_is_one_line_naming_it_exit_2(tmp_path):
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"))
+    child = run_child([sys.executable, "flows/train_flow.py", "--epochs", "abc"], env, tmp_path)
+    assert child.code == 2 and child.out == "" and "usage:" not in child.err
+    assert child.one_error_line() == "error: argument --epochs: invalid int value: 'abc' (see `train_flow.py --help`)"
+    print(f"\nEDGES --epochs abc: {child.seconds:.1f} s")
+
+
+@pytest.mark.parametrize("module,argv,line", [
+    ("train_flow", ["--batch-size", "1.5"], "error: argument --batch-size: invalid int value: '1.5'"),
+    ("train_flow", ["--epohcs", "3"], "error: unrecognized arguments: --epohcs 3"),
+    ("tune_flow", ["--trials", "many"], "error: argument --trials: invalid int value: 'many'"),
+    ("tune_flow", ["--model"], "error: argument --model: expected one argument"),
+])
+def test_both_flows_parsers_say_one_line(capsys, module, argv, line):
+    from mnist_pipeline.params import TrainParams, TuneParams, command_line
+
+    parser = command_line(TrainParams if module == "train_flow" else TuneParams, "x")
+    with pytest.raises(SystemExit) as stopped:
+        parser.parse_args(argv)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"{line} (see `{parser.prog} --help`)\n"
+
+
+@pytest.mark.parametrize("args", [["runs"], ["history"], ["report", "run-a"], ["compare", "run-a", "run-b"],
+                                  ["verify"], ["gc", "--keep-last", "1"], ["model"], ["predict", "x.png"],
+                                  ["promote", "run-a"], ["rollback"]])
+def test_no_command_creates_a_missing_store_folder(tmp_path, monkeypatch, capfd, args):
+    from mnist_pipeline.cli import main
+
+    missing = tmp_path / "mistyped-store"
+    monkeypatch.setenv("MNIST_STORE_URL", str(missing))
+    code = main(args)
+    captured = capfd.readouterr()
+    assert code == 1 and not missing.exists() and "Traceback" not in captured.out + captured.err
+    assert captured.err == f"error: no store at {missing}: no such folder; check MNIST_STORE_URL (a training " \
+                           "run creates the store)\n"
