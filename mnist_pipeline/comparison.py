@@ -12,6 +12,7 @@ import io
 import numpy as np
 from numpy.lib import format as npy_format
 
+from mnist_pipeline import keys
 from mnist_pipeline.dataset import FILES
 from mnist_pipeline.errors import NotFoundInStore, PipelineError
 from mnist_pipeline.stats import mcnemar_exact
@@ -33,7 +34,7 @@ def compare_predictions(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarr
 
 
 def stored_predictions(store, run_id: str) -> np.ndarray:
-    key = f"runs/{run_id}/predictions.npy"
+    key = keys.predictions(run_id)
     try:
         data = store.get(key)
     except NotFoundInStore:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from mnist_pipeline import keys, registry
-from mnist_pipeline.dataset import CACHE_PREFIX
 from mnist_pipeline.model import model_to_bytes
 from mnist_pipeline.store import ArtifactStore, file_record
 
@@ -60,8 +59,8 @@ def model_zoo(mirror: Path, noise_levels=(0.0, 0.6, 1.5, 40.0)) -> list[ZooModel
 
 def cache_test_set(store: ArtifactStore, mirror: Path) -> None:
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        if not store.exists(CACHE_PREFIX + name + ".gz"):
-            store.put(CACHE_PREFIX + name + ".gz", (mirror / f"{name}.gz").read_bytes())
+        if not store.exists(keys.mnist_file(name)):
+            store.put(keys.mnist_file(name), (mirror / f"{name}.gz").read_bytes())
 
 
 def store_run(store: ArtifactStore, run_id: str, zoo_model: ZooModel, *, minutes_ago: float = 0,

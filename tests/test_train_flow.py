@@ -101,7 +101,7 @@ def test_manifest_metrics_and_report_tell_the_whole_story(default_run):
     assert low < metrics["test_accuracy"] < high
     assert np.asarray(metrics["confusion_matrix"]).sum() == 10000
     assert set(metrics["per_class"]) == {str(d) for d in range(10)}
-    html = store.get(f"runs/{run_id}/report.html").decode()
+    html = store.get(keys.report(run_id)).decode()
     assert html.count("data:image/png;base64,") == 5 and "src=\"http" not in html
     assert "Promoted to production" in html and f"{metrics['test_accuracy']:.4f}" in html
 

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from mnist_pipeline import registry
+from mnist_pipeline import keys, registry
 from mnist_pipeline.cli.common import app, err, load_keras_quietly, out, save, say, settings_and_store
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.runs import resolve_run
@@ -26,7 +26,7 @@ def verified_model_bytes(store, which: str) -> tuple[str, bytes]:
                                                           "production model")
     run_id = resolve_run(store, which)
     manifest, _ = registry.read_manifest(store, run_id)
-    key = registry.model_key(run_id)
+    key = keys.model(run_id)
     if registry.collected(store, run_id):
         raise PipelineError(f"run {run_id}'s model was deleted by `mnist-pipeline gc`")
     return run_id, registry.verified_bytes(store, key, manifest["files"][key]["sha256"], f"model of run {run_id}")

@@ -28,9 +28,3 @@ __all__ = ["Candidate", "Check", "GateDecision", "HistoryRecord", "Production", 
            "measure_on_test_set", "newest_history_keys", "parse_history_record", "parse_production", "promote",
            "read_history", "read_history_record", "read_manifest", "read_production", "read_production_raw",
            "rollback", "sha256", "stored_candidate", "verified_bytes", "write_history"]
-
-# TEMPORARY (removed once the modules still using them move to mnist_pipeline.keys)
-from mnist_pipeline import keys as _keys  # noqa: E402
-
-PRODUCTION_KEY, HISTORY_PREFIX, TOMBSTONE, RUN_ID = _keys.PRODUCTION, _keys.HISTORY, _keys.COLLECTED, _keys.RUN_ID
-model_key, manifest_key = _keys.model, _keys.manifest
