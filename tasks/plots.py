@@ -241,8 +241,7 @@ def mistake_label(true: int, predicted: int, confidence: float,
 
 def digit_grid_figure(images: np.ndarray, titles: list[str], colours: list[str], empty_text: str = ""):
     """Digits in rows of GRID_COLUMNS, each under its title. The cells are placed by arithmetic,
-    not by tight_layout: laying out 24 titled axes that way took 1.5-2 s per grid here, about
-    half of all the plotting."""
+    not by tight_layout, which took about half of all the plotting time (docs/performance.md)."""
     import matplotlib.pyplot as plt
 
     cols = GRID_COLUMNS

@@ -249,7 +249,7 @@ def run_search(p: TuneParams, address: Optional[str], store, run_id: str, source
                  p.epochs, address or "LocalCluster", ", ".join(workers), warmup_seconds)
         with tempfile.TemporaryDirectory(prefix="mnist-tune-") as oracle_dir:
             oracle = make_oracle(p.algorithm, p.model, p.trials, p.epochs, p.seed, oracle_dir)
-            started = time.perf_counter()  # after the oracle's import of Keras Tuner (2-3 s)
+            started = time.perf_counter()  # after the oracle's import of Keras Tuner
 
             def launch(trial_id: str, hp_values: dict):
                 return runner.submit(trial_task, parameters={
