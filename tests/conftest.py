@@ -139,6 +139,7 @@ class RadosGateway:
         # monitor "crc", or it waits 300 s before it authenticates. The monitor commits changes
         # every 50 ms instead of every second: radosgw's pools and each bucket take ten times less.
         # tcp_nodelay: small answers leave at once, not after the client's delayed ACK (40 ms).
+        # A short PG log: the OSD keeps it in RAM with the data it refers to (44 KB a write).
         return f"""[global]
 fsid = {fsid}
 mon_host = v2:127.0.0.1:{mon_port}
@@ -157,6 +158,10 @@ paxos_min_wait = 0.01
 [osd.0]
 osd_data = {d}/osd.0
 osd_objectstore = memstore
+osd_min_pg_log_entries = 10
+osd_max_pg_log_entries = 10
+osd_pg_log_trim_min = 10
+osd_pg_log_dups_tracked = 10
 [client.rgw]
 rgw_frontends = beast endpoint=127.0.0.1:{self.port} tcp_nodelay=1
 rgw_data = {d}/rgw
@@ -210,6 +215,20 @@ ms_mon_client_mode = crc secure
         self._run("radosgw-admin", "user", "create", "--uid", "mnist-test", "--display-name", "mnist test",
                   "--access-key", self.access_key, "--secret-key", self.secret_key)
 
+    def remove_bucket(self, bucket: str) -> None:
+        """memstore keeps every object in RAM: a test's bucket goes when the test ends."""
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                          aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        try:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                if page.get("Contents"):
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": o["Key"]} for o in page["Contents"]]})
+            s3.delete_bucket(Bucket=bucket)
+        except s3.exceptions.NoSuchBucket:
+            pass  # the test made none
+
     def stop(self) -> None:
         for proc in reversed(self.procs):  # radosgw, the OSD (it tells the monitor), the monitor
             proc.terminate()
@@ -232,8 +251,10 @@ def radosgw_server(tmp_path_factory):
 
 @pytest.fixture
 def radosgw_env(radosgw_server, monkeypatch) -> dict[str, str]:
-    """Environment for a fresh bucket on the session's radosgw."""
-    return _env_of(radosgw_server, monkeypatch)
+    """Environment for a fresh bucket on the session's radosgw, removed at the end of the test."""
+    env = _env_of(radosgw_server, monkeypatch)
+    yield env
+    radosgw_server.remove_bucket(env["MNIST_STORE_URL"][len("s3://"):])
 
 
 @pytest.fixture
