@@ -79,10 +79,10 @@ def moto_server():
     server.stop()
 
 
-def s3_environment(server, bucket: str | None = None) -> dict[str, str]:
-    """The settings that point the pipeline at a (new, unless named) bucket of an S3 server."""
+def s3_environment(server) -> dict[str, str]:
+    """The settings that point the pipeline at a new bucket of an S3 server."""
     return {
-        "MNIST_STORE_URL": f"s3://{bucket or 'test-' + uuid.uuid4().hex[:12]}",
+        "MNIST_STORE_URL": f"s3://test-{uuid.uuid4().hex[:12]}",
         "AWS_ENDPOINT_URL_S3": server.endpoint,
         "AWS_ACCESS_KEY_ID": server.access_key,
         "AWS_SECRET_ACCESS_KEY": server.secret_key,
@@ -250,7 +250,7 @@ def radosgw_server(tmp_path_factory):
 
 
 @pytest.fixture
-def radosgw_env(radosgw_server, monkeypatch) -> dict[str, str]:
+def radosgw_env(radosgw_server, monkeypatch):
     """Environment for a fresh bucket on the session's radosgw, removed at the end of the test."""
     env = _env_of(radosgw_server, monkeypatch)
     yield env
