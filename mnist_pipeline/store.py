@@ -45,6 +45,12 @@ TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".part"
 STALE_TEMP_S = 3600  # a temporary file this old belongs to a writer that died
 MIN_FREE_BYTES = 64 * 2**20  # a run writes ~15 MB the first time (dataset cache), ~3 MB later
 
+# If-Match carries an ETag quoted (RFC 9110's entity-tag; AWS S3, MinIO and moto take it either
+# way) or bare (all that Ceph's radosgw 16 takes). Each endpoint's form is learned on its first
+# refusal and kept for the process: docs/registry.md.
+IF_MATCH_FORMS = {"quoted": '"{}"', "bare": "{}"}
+_if_match_form: dict[str | None, str] = {}  # S3 endpoint URL (None: AWS) -> the form it took
+
 
 def check_key(key: str) -> str:
     if not key or key.startswith("/") or ".." in key.split("/") or "\x00" in key:
@@ -398,8 +404,9 @@ class _Deadlines:
 
 
 class S3Store(ArtifactStore):
-    """Any S3 endpoint (AWS, MinIO, moto). botocore retries (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE)
-    within MNIST_DEADLINE_S per operation; each attempt has its own connect and read timeouts."""
+    """Any S3 endpoint (AWS, MinIO, Ceph radosgw, moto). botocore retries (AWS_MAX_ATTEMPTS,
+    AWS_RETRY_MODE) within MNIST_DEADLINE_S per operation; each attempt has its own connect and
+    read timeouts."""
 
     def __init__(self, settings: Settings):
         rest = settings.store_url[len("s3://"):]
@@ -563,13 +570,45 @@ class S3Store(ArtifactStore):
         return resp["ETag"].strip('"')
 
     def put_if_match(self, key, data, etag, content_type="application/json"):
+        """A refusal while the object still has `etag` was about the ETag's form, not a race: the
+        write is sent once more in the other form (still conditional: the server checks it), and
+        the form that worked is kept for this endpoint."""
+        endpoint = self._settings.aws_endpoint_url_s3
+        form = _if_match_form.get(endpoint, "quoted")
+        try:
+            return self._put_if_match(key, data, etag, form, content_type)
+        except PreconditionFailed:
+            if self._current_etag(key) != etag:
+                raise  # a lost race: the object changed, or went away, since it was read
+        other = "bare" if form == "quoted" else "quoted"
+        try:
+            new_etag = self._put_if_match(key, data, etag, other, content_type)
+        except PreconditionFailed:
+            if self._current_etag(key) == etag:
+                raise StoreError(f"replace {key}: the S3 server refuses If-Match with the object's own "
+                                 "ETag, quoted or bare, so it cannot make conditional writes; use AWS "
+                                 "S3, MinIO or Ceph radosgw") from None
+            raise
+        _if_match_form[endpoint] = other
+        log.info("S3 endpoint %s takes If-Match ETags %s", endpoint or "AWS", other)
+        return new_etag
+
+    def _put_if_match(self, key, data, etag, form, content_type):
         try:
             with self._errors(f"replace {key}"):
                 resp = self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
-                                               ContentType=content_type, IfMatch=f'"{etag}"')
-        except NotFoundInStore:  # S3 answers 404 when the object went away: also a lost race
+                                               ContentType=content_type,
+                                               IfMatch=IF_MATCH_FORMS[form].format(etag))
+        except NotFoundInStore:  # AWS answers 404 when the object went away: also a lost race
             raise PreconditionFailed(f"{key} no longer exists") from None
         return resp["ETag"].strip('"')
+
+    def _current_etag(self, key) -> str | None:
+        try:
+            with self._errors(f"head {key}"):
+                return self._client.head_object(Bucket=self.bucket, Key=self._k(key))["ETag"].strip('"')
+        except NotFoundInStore:
+            return None
 
     def link(self, key, expires_s=7 * 24 * 3600):
         """Presigned for MNIST_S3_PUBLIC_URL when set: the endpoint as a browser reaches it

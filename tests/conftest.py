@@ -1,12 +1,14 @@
-"""Shared fixtures: the real MNIST files (local mirror), a real S3 endpoint (moto server process
-on 127.0.0.1), real Prefect servers (on SQLite, and on a private PostgreSQL cluster), started here
-and torn down at the end."""
+"""Shared fixtures: the real MNIST files (local mirror), real S3 endpoints on 127.0.0.1 (a moto
+server process, and Ceph's radosgw), real Prefect servers (on SQLite, and on a private
+PostgreSQL cluster), started here and torn down at the end."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +43,8 @@ def free_port() -> int:
 
 class MotoServer:
     """A moto S3 server in its own process, so tests can stop and restart it like a real outage."""
+
+    access_key, secret_key = "testing-key-id", "testing-secret"  # moto takes any
 
     def __init__(self, port: int | None = None, env: dict | None = None):
         self.env = env
@@ -78,27 +82,187 @@ def moto_server():
     server.stop()
 
 
-@pytest.fixture
-def s3_env(moto_server, monkeypatch) -> dict[str, str]:
-    """Environment for a fresh bucket on the moto endpoint (created by the store when missing)."""
-    env = {
+def s3_environment(server) -> dict[str, str]:
+    """The settings that point the pipeline at a new bucket of an S3 server."""
+    return {
         "MNIST_STORE_URL": f"s3://test-{uuid.uuid4().hex[:12]}",
-        "AWS_ENDPOINT_URL_S3": moto_server.endpoint,
-        "AWS_ACCESS_KEY_ID": "testing-key-id",
-        "AWS_SECRET_ACCESS_KEY": "testing-secret",
+        "AWS_ENDPOINT_URL_S3": server.endpoint,
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+def _env_of(server, monkeypatch) -> dict[str, str]:
+    env = s3_environment(server)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
 
 
-@pytest.fixture
-def s3_store(s3_env):
+def _store_of_env():
     from mnist_pipeline.settings import load_settings
     from mnist_pipeline.store import open_store
 
     return open_store(load_settings())
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch) -> dict[str, str]:
+    """Environment for a fresh bucket on the moto endpoint (created by the store when missing)."""
+    return _env_of(moto_server, monkeypatch)
+
+
+@pytest.fixture
+def s3_store(s3_env):
+    return _store_of_env()
+
+
+# -- a real S3 server: Ceph's radosgw -------------------------------------------------------------
+CEPH_PROGRAMS = ("monmaptool", "ceph-mon", "ceph", "ceph-osd", "radosgw", "radosgw-admin")
+
+
+class RadosGateway:
+    """Ceph's S3 server on 127.0.0.1, from Debian's packages: one monitor, one OSD on `memstore`
+    (objects in RAM), authentication off, a user made with radosgw-admin; config, data and logs in
+    one folder. Figures (start-up, memory) in docs/registry.md."""
+
+    access_key, secret_key = "radosgw-test-key", "radosgw-test-secret"
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.conf = str(folder / "ceph.conf")
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+
+    def _config(self, fsid: str, mon_port: int) -> str:
+        d = self.folder
+        # One OSD holds every pool; without a keyring (auth none) radosgw must also offer the
+        # monitor "crc", or it waits 300 s before it authenticates. The monitor commits changes
+        # every 50 ms instead of every second: radosgw's pools and each bucket take ten times less.
+        # tcp_nodelay: small answers leave at once, not after the client's delayed ACK (40 ms).
+        # A short PG log: the OSD keeps it in RAM with the data it refers to (44 KB a write).
+        return f"""[global]
+fsid = {fsid}
+mon_host = v2:127.0.0.1:{mon_port}
+auth_cluster_required = none
+auth_service_required = none
+auth_client_required = none
+osd_pool_default_size = 1
+mon_allow_pool_size_one = true
+run_dir = {d}/run
+admin_socket = {d}/run/$name.asok
+log_file = {d}/log/$name.log
+[mon.a]
+mon_data = {d}/mon.a
+paxos_propose_interval = 0.05
+paxos_min_wait = 0.01
+[osd.0]
+osd_data = {d}/osd.0
+osd_objectstore = memstore
+osd_min_pg_log_entries = 10
+osd_max_pg_log_entries = 10
+osd_pg_log_trim_min = 10
+osd_pg_log_dups_tracked = 10
+[client.rgw]
+rgw_frontends = beast endpoint=127.0.0.1:{self.port} tcp_nodelay=1
+rgw_data = {d}/rgw
+ms_mon_client_mode = crc secure
+"""
+
+    def _run(self, *args: str, timeout: float = 60) -> str:
+        proc = subprocess.run([*args, "-c", self.conf], capture_output=True, text=True, timeout=timeout)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        return proc.stdout
+
+    def _daemon(self, *args: str) -> None:
+        prctl = ctypes.CDLL(None).prctl  # looked up before the fork: the child only calls it
+        self.procs.append(subprocess.Popen(  # PR_SET_PDEATHSIG: no daemon outlives a killed pytest
+            [*args, "-f", "-c", self.conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: prctl(1, signal.SIGTERM)))
+
+    def start(self, timeout: float = 120) -> None:
+        missing = [name for name in CEPH_PROGRAMS if shutil.which(name) is None]
+        if missing:
+            pytest.fail(f"radosgw is not installed here ({', '.join(missing)} missing): run "
+                        "`bash .ci/debian-packages` as root (Debian's radosgw, ceph-mon, ceph-osd, "
+                        "ceph-common)", pytrace=False)
+        for sub in ("run", "log", "mon.a", "osd.0", "rgw"):
+            (self.folder / sub).mkdir(parents=True)
+        fsid, mon_port = str(uuid.uuid4()), free_port()
+        Path(self.conf).write_text(self._config(fsid, mon_port))
+        monmap = str(self.folder / "monmap")
+        self._run("monmaptool", "--create", "--addv", "a", f"[v2:127.0.0.1:{mon_port}]", "--fsid", fsid, monmap)
+        self._run("ceph-mon", "--mkfs", "-i", "a", "--monmap", monmap)
+        self._daemon("ceph-mon", "-i", "a")
+        osd_uuid = str(uuid.uuid4())
+        osd_id = self._run("ceph", "--connect-timeout", "30", "osd", "new", osd_uuid).strip()
+        self._run("ceph-osd", "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid)
+        self._daemon("ceph-osd", "-i", osd_id)
+        self._daemon("radosgw", "-n", "client.rgw")
+        deadline = time.monotonic() + timeout
+        while True:  # radosgw answers once it has made its pools on the OSD
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=2).read()
+                break
+            except OSError:
+                dead = [p.args[0] for p in self.procs if p.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    log = self.folder / "log" / "client.rgw.log"
+                    tail = log.read_text()[-1500:] if log.exists() else ""
+                    raise RuntimeError(f"radosgw did not answer within {timeout:g} s "
+                                       f"(exited: {dead or 'none'}); its log ends: {tail}")
+                time.sleep(0.2)
+        self._run("radosgw-admin", "user", "create", "--uid", "mnist-test", "--display-name", "mnist test",
+                  "--access-key", self.access_key, "--secret-key", self.secret_key)
+
+    def remove_bucket(self, bucket: str) -> None:
+        """memstore keeps every object in RAM: a test's bucket goes when the test ends."""
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                          aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        try:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                if page.get("Contents"):
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": o["Key"]} for o in page["Contents"]]})
+            s3.delete_bucket(Bucket=bucket)
+        except s3.exceptions.NoSuchBucket:
+            pass  # the test made none
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):  # radosgw, the OSD (it tells the monitor), the monitor
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def radosgw_server(tmp_path_factory):
+    server = RadosGateway(tmp_path_factory.mktemp("radosgw"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def radosgw_env(radosgw_server, monkeypatch):
+    """Environment for a fresh bucket on the session's radosgw, removed at the end of the test."""
+    env = _env_of(radosgw_server, monkeypatch)
+    yield env
+    radosgw_server.remove_bucket(env["MNIST_STORE_URL"][len("s3://"):])
+
+
+@pytest.fixture
+def radosgw_store(radosgw_env):
+    return _store_of_env()
 
 
 @pytest.fixture
@@ -108,9 +272,9 @@ def local_store(tmp_path):
     return LocalStore(tmp_path / "store")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "radosgw"])
 def store(request):
-    """Each store test runs against both backends."""
+    """Each store test runs against every backend: a folder, moto ("s3") and Ceph's radosgw."""
     return request.getfixturevalue(f"{request.param}_store")
 
 

@@ -1,5 +1,6 @@
-"""Gate rules, and the registry on both backends: conditional writes, the rollback stack, what
-promotion trusts (hashes, a measured accuracy), and damaged registry objects."""
+"""Gate rules, and the registry on every backend (a folder, moto, radosgw): conditional writes,
+the rollback stack, what promotion trusts (hashes, a measured accuracy), and damaged registry
+objects."""
 
 import json
 import threading
@@ -7,7 +8,8 @@ import threading
 import pytest
 
 from mnist_pipeline import keys, registry
-from mnist_pipeline.errors import DamagedRegistry, RegistryError, StoreError, UnsafeModel
+from mnist_pipeline import store as store_module
+from mnist_pipeline.errors import DamagedRegistry, PreconditionFailed, RegistryError, StoreError, UnsafeModel
 from mnist_pipeline.model import model_to_bytes
 from tests.conftest import assert_promotions_chain
 from tests.fakes import ZooModel, cache_test_set, model_zoo, store_run
@@ -262,6 +264,58 @@ def test_concurrent_promotions_leave_one_winner_and_a_truthful_history(store, ru
     assert current.run_id in promoted
     history = [r for r in registry.read_history(store) if r["source"] == "cli"]
     assert sorted(r["run_id"] for r in history) == ["a", "b", "c"]
+    assert_promotions_chain([r for r in history if r["decision"] == "promoted"], current.run_id)
+
+
+class CollidingWrites:
+    """The store, except that each thread's first replace of production waits for the other
+    thread's: two promotions that read the same production reach the server at the same moment."""
+
+    def __init__(self, store):
+        self._store, self._barrier, self._waited = store, threading.Barrier(2), set()
+        self.first_write = {}  # thread name -> "won" or "refused"
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def put_if_match(self, key, data, etag, content_type="application/json"):
+        name = threading.current_thread().name
+        if name in self._waited:
+            return self._store.put_if_match(key, data, etag, content_type)
+        self._waited.add(name)
+        self._barrier.wait(30)
+        try:
+            etag = self._store.put_if_match(key, data, etag, content_type)
+            self.first_write[name] = "won"
+            return etag
+        except PreconditionFailed:
+            self.first_write[name] = "refused"
+            raise
+
+
+def test_two_promotions_racing_one_write_wins_the_other_is_told_and_decides_again(store, runs, monkeypatch):
+    """Production c; a and b are promoted at the same moment. The server lets exactly one write
+    through; the other promotion is refused and decides again, against the winner. A new process
+    (no If-Match form learned), so on radosgw both also go through the detection of the form."""
+    monkeypatch.setattr(store_module, "_if_match_form", {})
+    assert promote(store, "c").promoted
+    colliding = CollidingWrites(store)
+    candidates = {name: registry.stored_candidate(store, name) for name in "ab"}
+    results = {}
+
+    def go(name):
+        results[name] = registry.promote(colliding, candidates[name], min_accuracy=MIN)
+
+    threads = [threading.Thread(target=go, args=(name,), name=name) for name in "ab"]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert sorted(colliding.first_write.values()) == ["refused", "won"], colliding.first_write
+    winner = next(name for name, outcome in colliding.first_write.items() if outcome == "won")
+    loser = "b" if winner == "a" else "a"
+    assert results[winner].promoted and results[winner].production["previous_run_id"] == "c"
+    assert results[loser].decision.production_run_id == winner  # judged again, against the winner
+    history = [r for r in registry.read_history(store) if r["source"] == "cli"]
+    current, _ = registry.read_production(store)
     assert_promotions_chain([r for r in history if r["decision"] == "promoted"], current.run_id)
 
 

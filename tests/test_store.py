@@ -1,20 +1,50 @@
-"""The store on both backends (a folder, and moto S3 over HTTP), and its failures for real: a
-dead and a hung endpoint on 127.0.0.1, a read-only bind mount, a 2 MB tmpfs that fills."""
+"""The store on every backend (a folder, moto and Ceph's radosgw over HTTP), and its failures for
+real: a dead and a hung endpoint on 127.0.0.1, a read-only bind mount, a 2 MB tmpfs that fills."""
 
 import logging
 import os
 import stat
+import threading
 import time
+import urllib.request
 
 import boto3
 import pytest
 
+from mnist_pipeline import store as store_module
 from mnist_pipeline.errors import (NotFoundInStore, PreconditionFailed, StoreError, StoreUnavailable,
                                    is_transient)
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import STALE_TEMP_S, LocalStore, open_store
 from tests.conftest import free_port
 from tests.faults import SilentEndpoint
+
+S3_SERVERS = pytest.mark.parametrize("store", ["s3", "radosgw"], indirect=True)  # moto, radosgw
+KEY = "registry/production.json"
+
+
+def raw_client():
+    """boto3 on the test's S3 server, beside the store (its settings are in the environment)."""
+    return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                        aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture
+def new_process(monkeypatch):
+    """No S3 endpoint's If-Match form known yet, as in a process that just started."""
+    monkeypatch.setattr(store_module, "_if_match_form", {})
+
+
+def if_match_sent(store) -> list[str]:
+    """The If-Match header of every conditional PUT the store sends from now on."""
+    sent = []
+
+    def record(request, **_):
+        if "If-Match" in request.headers:
+            sent.append(request.headers["If-Match"].decode())
+    store._client.meta.events.register("before-send.s3.PutObject", record)
+    return sent
 
 
 def test_put_get_list_exists_delete(store):
@@ -67,6 +97,81 @@ def test_replace_if_unchanged_refuses_a_missing_key(store):
         store.put_if_match("registry/none.json", b"x", "0" * 32)
 
 
+def test_racing_conditional_writes_let_exactly_one_through(store, new_process):
+    """Four writers that read the same ETag write at once: one wins, the three others are told so
+    (PreconditionFailed). The same for four creators of one key. In a new process, so on radosgw
+    every writer also goes through the detection of the ETag's form."""
+    def race(write) -> int:
+        barrier, won, refused = threading.Barrier(4), [], []
+
+        def writer(i):
+            barrier.wait(10)
+            try:
+                write(i)
+                won.append(i)
+            except PreconditionFailed:
+                refused.append(i)
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+        [t.start() for t in threads]
+        [t.join(60) for t in threads]
+        assert len(won) == 1 and len(refused) == 3, (won, refused)
+        return won[0]
+
+    etag = store.put_if_absent(KEY, b"v0")
+    winner = race(lambda i: store.put_if_match(KEY, f"replaced by {i}".encode(), etag))
+    assert store.get(KEY) == f"replaced by {winner}".encode()
+    winner = race(lambda i: store.put_if_absent("registry/new.json", f"created by {i}".encode()))
+    assert store.get("registry/new.json") == f"created by {winner}".encode()
+
+
+@S3_SERVERS
+@pytest.mark.parametrize("form_known", [False, True], ids=["form-unknown", "form-known"])
+def test_the_etag_form_detection_never_lets_a_stale_etag_through(store, new_process, form_known):
+    """The write is sent again in the other form only while the object still has the ETag sent:
+    an object that changed meanwhile refuses the writer at once, whether its endpoint's form is
+    known yet or not."""
+    stale = store.put_if_absent(KEY, b"v1")
+    current = store.put_if_match(KEY, b"v2", stale) if form_known else store.put(KEY, b"v2")
+    sent = if_match_sent(store)
+    with pytest.raises(PreconditionFailed):
+        store.put_if_match(KEY, b"v3", stale)
+    assert store.get_with_etag(KEY) == (b"v2", current)
+    assert len(sent) == 1  # refused, and not sent again in the other form
+
+
+@pytest.mark.parametrize("store,first,then", [
+    ("s3", ['"{}"'], ['"{}"']),            # moto takes RFC 9110's quoted ETag (as AWS and MinIO do)
+    ("radosgw", ['"{}"', "{}"], ["{}"]),  # radosgw refuses it, takes it bare
+], indirect=["store"])
+def test_each_server_is_sent_the_etag_form_it_takes_learned_once_per_endpoint(store, new_process, first, then):
+    v1 = store.put_if_absent(KEY, b"v1")
+    sent = if_match_sent(store)
+    v2 = store.put_if_match(KEY, b"v2", v1)
+    assert sent == [form.format(v1) for form in first]
+    again = open_store(load_settings())  # another store on the same endpoint, in this process
+    sent = if_match_sent(again)
+    again.put_if_match(KEY, b"v3", v2)
+    assert sent == [form.format(v2) for form in then]
+    assert store.get(KEY) == b"v3"
+
+
+def test_a_server_that_refuses_its_own_etag_in_both_forms_is_an_error_not_a_lost_race(s3_store, new_process):
+    """A server that cannot make conditional writes at all (simulated: moto, with every If-Match
+    header spoiled on the way) is a StoreError that says so, never "production kept changing"."""
+    etag = s3_store.put_if_absent(KEY, b"v1")
+
+    def spoil(request, **_):
+        if "If-Match" in request.headers:
+            request.headers["If-Match"] += b"0"
+    s3_store._client.meta.events.register("before-send.s3.PutObject", spoil)
+    with pytest.raises(StoreError) as err:
+        s3_store.put_if_match(KEY, b"v2", etag)
+    assert str(err.value) == (f"replace {KEY}: the S3 server refuses If-Match with the object's own ETag, "
+                              "quoted or bare, so it cannot make conditional writes; use AWS S3, MinIO or "
+                              "Ceph radosgw")
+    assert s3_store.get(KEY) == b"v1"
+
+
 def test_invalid_keys_are_refused(store):
     for key in ("", "/abs", "runs/../../etc"):
         with pytest.raises(ValueError):
@@ -78,30 +183,31 @@ def test_the_write_probe_leaves_nothing(store):
     assert store.list("") == []
 
 
-def test_s3_bucket_is_created_and_prefix_respected(s3_env, moto_server, monkeypatch):
-    monkeypatch.setenv("MNIST_STORE_URL", s3_env["MNIST_STORE_URL"] + "/team/a")
+@S3_SERVERS
+def test_s3_bucket_is_created_and_prefix_respected(store, monkeypatch):
+    bucket = f"new-{os.urandom(6).hex()}"
+    monkeypatch.setenv("MNIST_STORE_URL", f"s3://{bucket}/team/a")
     st = open_store(load_settings())
     st.put("runs/r/metrics.json", b"{}")
-    client = boto3.client("s3", endpoint_url=moto_server.endpoint, region_name="us-east-1")
-    bucket = s3_env["MNIST_STORE_URL"][5:]
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    keys = [o["Key"] for o in raw_client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == ["team/a/runs/r/metrics.json"]
     assert st.list("runs/") == ["runs/r/metrics.json"] and st.list_children("runs/") == ["r"]
-    assert st.link("runs/r/metrics.json", 60).startswith(moto_server.endpoint)
+    assert st.link("runs/r/metrics.json", 60).startswith(os.environ["AWS_ENDPOINT_URL_S3"])
 
 
-def test_s3_console_folder_markers_are_not_objects(s3_store, moto_server, s3_env):
-    client = boto3.client("s3", endpoint_url=moto_server.endpoint, region_name="us-east-1")
-    client.put_object(Bucket=s3_env["MNIST_STORE_URL"][5:], Key="runs/zzz/", Body=b"")
-    assert s3_store.list("runs/") == [] and s3_store.list_children("runs/") == ["zzz"]
+@S3_SERVERS
+def test_s3_console_folder_markers_are_not_objects(store):
+    raw_client().put_object(Bucket=store.bucket, Key="runs/zzz/", Body=b"")
+    assert store.list("runs/") == [] and store.list_children("runs/") == ["zzz"]
 
 
-def test_links_are_signed_for_the_public_endpoint(s3_store, s3_env, monkeypatch):
-    """MNIST_S3_PUBLIC_URL: the endpoint as a browser reaches it (compose: http://localhost:9000)."""
-    import urllib.request
-
-    s3_store.put("runs/r/report.html", b"<html>hi</html>")
-    public = s3_env["AWS_ENDPOINT_URL_S3"].replace("127.0.0.1", "localhost")
+@S3_SERVERS
+def test_links_open_in_a_browser_and_are_signed_for_the_public_endpoint(store, monkeypatch):
+    """A presigned link is a plain GET; MNIST_S3_PUBLIC_URL signs it for the endpoint as a browser
+    reaches it (compose: http://localhost:9000)."""
+    store.put("runs/r/report.html", b"<html>hi</html>")
+    assert urllib.request.urlopen(store.link("runs/r/report.html", 600), timeout=5).read() == b"<html>hi</html>"
+    public = os.environ["AWS_ENDPOINT_URL_S3"].replace("127.0.0.1", "localhost")
     monkeypatch.setenv("MNIST_S3_PUBLIC_URL", public)
     url = open_store(load_settings()).link("runs/r/report.html", 600)
     assert url.startswith(public + "/") and "X-Amz-Signature=" in url

@@ -1,5 +1,6 @@
 """End to end: `python flows/train_flow.py` as a user runs it, on the real MNIST files and a
-moto S3 endpoint over HTTP, with its own ephemeral Prefect server."""
+moto S3 endpoint over HTTP (Ceph's radosgw too for the promotion cycle), with its own ephemeral
+Prefect server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,9 @@ from mnist_pipeline import keys, registry
 from mnist_pipeline.model import model_from_bytes
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
-from tests.conftest import REPO, free_port, prefect_home, production_of
+from tests.conftest import REPO, free_port, prefect_home, production_of, s3_environment
+
+CLI = str(Path(sys.executable).parent / "mnist-pipeline")
 
 
 def run_flow(env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -123,6 +127,40 @@ def test_unreachable_threshold_exits_3_keeps_production_and_stores_the_report(de
     html = store.get(f"runs/{blocked['run_id']}/report.html").decode()
     assert "Not promoted: production unchanged" in html and "0.9990" in html
     assert json.loads(store.get(f"runs/{blocked['run_id']}/manifest.json"))["gate"]["promoted"] is False
+
+
+@pytest.mark.parametrize("server", ["moto_server", "radosgw_server"])
+def test_promote_promote_rollback_verify_on_each_s3_server(server, request, flow_env):
+    """The cycle a user goes through, on each real S3 server: two runs promoted in turn, two
+    rollbacks at once (exactly one goes through; the other says why not, in one line), a clean
+    audit. On radosgw this needs the bare If-Match ETag (docs/registry.md)."""
+    env = dict(flow_env, **s3_environment(request.getfixturevalue(server)))
+    short = ("--epochs", "1", "--min-accuracy", "0.9")
+    first = run_flow(env, *short)
+    assert first.returncode == 0, first.stderr[-3000:]
+    a = production_of(store_for(env))["run_id"]
+    second = run_flow(env, *short, "--seed", "7", "--allow-regression")
+    assert second.returncode == 0, second.stderr[-3000:]
+    production = production_of(store_for(env))
+    b = production["run_id"]
+    assert b != a and f"run {b}" in second.stdout and [e["run_id"] for e in production["stack"]] == [a]
+
+    racing = [subprocess.Popen([CLI, "rollback", "--min-accuracy", "0.9"], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    (out1, err1), (out2, err2) = (p.communicate(timeout=300) for p in racing)
+    outcomes = sorted([(racing[0].returncode, out1, err1), (racing[1].returncode, out2, err2)])
+    (won, won_out, _), (lost, _, lost_err) = outcomes
+    assert (won, lost) == (0, 1), outcomes
+    assert won_out.startswith(f"rolled back: {a} is in production")
+    assert len(lost_err.splitlines()) == 1 and "Traceback" not in lost_err
+    assert lost_err.startswith(("error: production changed while rolling back; nothing was changed",
+                                f"error: production {a} has no earlier production model")), lost_err
+    production = production_of(store_for(env))
+    assert production["run_id"] == a and production["stack"] == []
+
+    verify = subprocess.run([CLI, "verify"], env=env, capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.startswith(f"ok: {env['MNIST_STORE_URL']} is consistent")
 
 
 @pytest.mark.parametrize("args,message", [
