@@ -38,6 +38,7 @@ from prefect.states import Completed, State  # noqa: E402
 from mnist_pipeline import notify  # noqa: E402
 from mnist_pipeline.ephemeral_server import ephemeral_server  # noqa: E402
 from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient  # noqa: E402
+from mnist_pipeline.redaction import install_log_redaction, redact  # noqa: E402
 from mnist_pipeline.settings import load_settings  # noqa: E402
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
@@ -64,6 +65,7 @@ def quiet_expected_tracebacks() -> None:
 
 
 quiet_expected_tracebacks()
+install_log_redaction()  # every record, Prefect's too: its console, its API's log table, ours
 
 
 # -- retries and final states ---------------------------------------------------------------------
@@ -155,11 +157,11 @@ def exit_status(state: State) -> int:
         print(f"run {summary['run_id']}: test accuracy {summary['test_accuracy']:.4f}; {verdict}; "
               f"report: {summary['report']}")
         for warning in summary.get("warnings", []):
-            print(f"warning: {warning}", file=sys.stderr)
+            print(f"warning: {redact(warning)}", file=sys.stderr)
         return EXIT_PROMOTED if summary["promoted"] else EXIT_BLOCKED
     exc = state.result(raise_on_failure=False)
     detail = str(exc) if isinstance(exc, PipelineError) else (state.message or "unknown error")
-    print(f"error: run failed: {detail}", file=sys.stderr)
+    print(f"error: run failed: {redact(detail)}", file=sys.stderr)
     return EXIT_FAILED
 
 
