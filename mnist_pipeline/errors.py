@@ -52,6 +52,10 @@ class MirrorUnavailable(TransientError):
     """No mirror answered for a file (network errors only)."""
 
 
+class ClusterUnavailable(TransientError):
+    """The Dask scheduler (MNIST_DASK_ADDRESS) did not answer in time."""
+
+
 class RegistryError(PermanentError):
     """A registry operation that cannot proceed: nothing to roll back to, an incomplete run, ..."""
 

@@ -13,11 +13,42 @@ from typing import Optional
 
 from prefect.artifacts import create_table_artifact
 
+from mnist_pipeline.errors import ClusterUnavailable
 from mnist_pipeline.params import TuneParams
 from tasks.publish import link_artifact
 from tasks.tune import (DataSource, best_record, dask_wait_any, drive_search, make_oracle, one_line,
                         render_search_report, search_summary, store_trial_record, table_rows, trial_task,
                         warm_worker)
+
+
+def check_scheduler(address: str) -> None:
+    """The scheduler at `address` answers (its identity) within Dask's connect timeout
+    (distributed.comm.timeouts.connect, 30 s; DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT), or a
+    one-line ClusterUnavailable. distributed bounds the TCP connection by it, not the handshake
+    after: a host that accepted the connection and never answered held the flow forever."""
+    import asyncio
+
+    import dask
+    from dask.utils import parse_timedelta
+    from distributed.comm import connect  # first: it loads distributed's configuration
+
+    timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
+
+    async def identity():
+        comm = await connect(address, timeout=timeout)  # the handshake included, unbounded
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (OSError, asyncio.TimeoutError):
+        raise ClusterUnavailable(
+            f"the Dask scheduler at {address} did not answer within {timeout:g} s; check "
+            "MNIST_DASK_ADDRESS and that the scheduler is up (DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT "
+            "sets the wait)") from None
 
 
 def dask_task_runner(address: Optional[str], max_parallel: Optional[int]):
@@ -26,6 +57,7 @@ def dask_task_runner(address: Optional[str], max_parallel: Optional[int]):
     from prefect_dask import DaskTaskRunner
 
     if address:
+        check_scheduler(address)
         return DaskTaskRunner(address=address)
     cores = os.cpu_count() or 1
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
