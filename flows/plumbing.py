@@ -185,8 +185,10 @@ def stop_signals_raise():
 
     def unraisable(info) -> None:
         if isinstance(info.exc_value, (KeyboardInterrupt, TerminationSignal)):
+            # From a thread, a moment later: a handler run here, or still inside the callback
+            # that swallowed it, would be swallowed again.
             state["again"] = True
-            os.kill(os.getpid(), _signal_of(info.exc_value))
+            threading.Timer(0.01, os.kill, (os.getpid(), _signal_of(info.exc_value))).start()
         else:
             previous_hook(info)
 
