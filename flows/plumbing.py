@@ -9,6 +9,7 @@ production unchanged; 2 = bad parameters or settings; 1 = the run failed, produc
 """
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,14 +24,22 @@ from mnist_pipeline import ephemeral_server as _server  # noqa: E402  (imports n
 # `python flows/X.py`: Prefect's temporary server starts now, while this process imports Prefect
 # and TensorFlow (2 s earlier than main() could start it; see mnist_pipeline/ephemeral_server.py),
 # and the garbage collector waits until TensorFlow is imported (mnist_pipeline/collector.py).
+# Until main() takes SIGINT and SIGTERM over, they end the importing process in one line (Ctrl-C
+# printed an import's traceback); the server dies with it.
+def _stopped_while_importing(signum, frame):
+    print(f"error: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    os._exit(128 + signum)
+
+
 _entry = getattr(sys.modules.get("__main__"), "__file__", None)
 if _entry and Path(_entry).resolve().parent == Path(__file__).resolve().parent:
     collector.pause_while_importing()
     _server.launch_early()
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _stopped_while_importing)
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import signal  # noqa: E402
 import threading  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from functools import partial  # noqa: E402
@@ -164,6 +173,11 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+# What stopped the run: the signal received, and whether its one line was printed (by the main
+# thread or the server's watch, whichever came first).
+_ending: dict = {"signal": None, "printed": threading.Lock()}
+
+
 def _signal_of(exc: BaseException) -> int:
     return getattr(exc, "signum", None) or getattr(exc, "signal", None) or signal.SIGINT
 
@@ -179,6 +193,7 @@ def stop_signals_raise():
     state = {"raised": False, "again": False}
 
     def handler(signum, frame):
+        _ending["signal"] = _ending["signal"] or signum
         if not state["raised"] or state["again"]:
             state["raised"], state["again"] = True, False
             raise Interrupted(signum)
@@ -219,11 +234,13 @@ def _production_names(run_id: str) -> bool | None:
 
 
 def stopped(what: str, status: int) -> int:
-    """The one line of a run stopped before its end; the exit status that says it. Before its
-    promotion began, production is unchanged; after, what production names decides: a promoted
-    run exits 0 whatever stopped it after its decisive write."""
+    """The one line of a run stopped before its end (printed once); the exit status that says
+    it. Before its promotion began, production is unchanged; after, what production names
+    decides: a promoted run exits 0 whatever stopped it after its decisive write."""
     from tasks.gate import promotions_begun
 
+    if not _ending["printed"].acquire(blocking=False):
+        return status
     run_id = promotions_begun[-1] if promotions_begun else None
     names = _production_names(run_id) if run_id else False
     if names:
@@ -245,7 +262,9 @@ def _server_lost(server, why: str) -> None:
     server.process.kill()  # one that hangs, too
     with PROMOTING:
         _stop_child_processes()
-        status = stopped(f"run failed: the Prefect server stopped answering ({why})", EXIT_FAILED)
+        signum = _ending["signal"]  # a signal to the whole process group stops the server too
+        status = stopped(f"interrupted by {signal.Signals(signum).name}", 128 + signum) if signum else \
+            stopped(f"run failed: the Prefect server stopped answering ({why})", EXIT_FAILED)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
@@ -286,6 +305,10 @@ def main(flow, parser: argparse.ArgumentParser, to_params: Callable[[dict], dict
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from tasks.gate import promotions_begun
+
+    promotions_begun.clear()
+    _ending.update(signal=None, printed=threading.Lock())
     try:
         with stop_signals_raise(), ephemeral_server() as server, tensorflow_imported_in_background():
             try:

@@ -57,7 +57,10 @@ class EphemeralServer:
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "error", "--lifespan", "on"],
             env={**SKIP_BLOCK_REGISTRATION, **os.environ, **settings_env, "PREFECT_UI_ENABLED": "0",
-                 "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
+                 "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
+            # Its own session: a Ctrl-C at the terminal (SIGINT to the foreground process group)
+            # is the run's to handle; the server would shut down under the run recording it.
+            start_new_session=True)
         self._stopping = threading.Event()
 
     def wait_ready(self) -> None:

@@ -65,6 +65,15 @@ def dask_task_runner(address: Optional[str], max_parallel: Optional[int]):
         "processes": True, "dashboard_address": ":0"})
 
 
+def dask_setup(worker) -> None:
+    """A LocalCluster worker's preload (Dask calls it as the worker starts, in its process): it
+    ignores SIGINT. A Ctrl-C at the terminal reaches every process of the foreground group; the
+    run stops its workers itself, and their KeyboardInterrupt tracebacks were its last 60 lines."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def cnn_threads_per_trial(address: Optional[str], n_workers: int) -> Optional[int]:
     """Cores per worker on a LocalCluster (all workers share this machine); on an external
     cluster TensorFlow's default."""
@@ -80,8 +89,9 @@ def run_search(p: TuneParams, address: Optional[str], store, run_id: str, source
 
     with dask_task_runner(address, p.max_parallel) as runner:
         # A LocalCluster's workers take this process's Dask config: no statistical profiler
-        # sampling their stacks every 10 ms while trials compete for the cores.
-        with dask.config.set({"distributed.worker.profile.enabled": False}):
+        # sampling their stacks every 10 ms while trials compete for the cores; dask_setup above.
+        with dask.config.set({"distributed.worker.profile.enabled": False,
+                              "distributed.worker.preload": [] if address else [__name__]}):
             client = runner.client
         if address:
             client.wait_for_workers(1, timeout=120)

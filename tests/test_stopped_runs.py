@@ -50,6 +50,12 @@ def stopped_output(flow: FlowProcess, since: int) -> tuple[str, list[str]]:
     return after, [line for line in after.splitlines() if line.startswith("error:")]
 
 
+# SIGTERM as `kill` sends it, to the run's process; SIGINT as a terminal's Ctrl-C does, to its whole
+# process group (the run's Dask workers too).
+SIGNALS = [pytest.param(signal.SIGTERM, 143, os.kill, id="SIGTERM"),
+           pytest.param(signal.SIGINT, 130, os.killpg, id="Ctrl-C")]
+
+
 def assert_nothing_left(env: dict, within_s: float = 10) -> None:
     wait_for(lambda: not processes_of(env["PREFECT_HOME"]), within_s, "every process of the run gone", 0.2)
 
@@ -58,18 +64,18 @@ def assert_production_unchanged(env: dict) -> None:
     assert not (Path(env["MNIST_STORE_URL"]) / "registry" / "production.json").exists()
 
 
-@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_during_training_ends_the_run_in_one_line_and_stops_its_server(run_env, signum, status):
+@pytest.mark.parametrize("signum,status,send", SIGNALS)
+def test_a_signal_during_training_ends_the_run_in_one_line_and_stops_its_server(run_env, signum, status, send):
     """Before: SIGTERM left the server running (parent 1, 240 MB); Ctrl-C printed a 90-line
     traceback."""
     flow = training(run_env)
     assert processes_of(run_env["PREFECT_HOME"])  # the temporary server, to be stopped
     since, t0 = len(flow.lines), time.monotonic()
-    os.kill(flow.proc.pid, signum)
+    send(flow.proc.pid, signum)
     code = flow.wait(60)
     seconds = time.monotonic() - t0
     after, errors = stopped_output(flow, since)
-    print(f"STOPPED {signum.name} during training: exit {code} after {seconds:.1f} s, {len(after.splitlines())} lines")
+    print(f"STOPPED {signum.name} ({send.__name__}) during training: exit {code} after {seconds:.1f} s, {len(after.splitlines())} lines")
     assert code == status and seconds < 10, flow.output[-3000:]
     assert errors == [f"error: interrupted by {signum.name}; production unchanged"] and "Traceback" not in after
     assert_nothing_left(run_env, within_s=2)
@@ -96,17 +102,18 @@ def test_a_lost_prefect_server_ends_the_run_within_seconds_in_one_line(run_env):
     assert_production_unchanged(run_env)
 
 
-def test_sigterm_during_a_search_stops_the_local_clusters_workers_too(run_env):
+@pytest.mark.parametrize("signum,status,send", SIGNALS)
+def test_a_signal_during_a_search_stops_the_local_clusters_workers_too(run_env, signum, status, send):
     flow = searching(run_env)
     assert len(processes_of(run_env["PREFECT_HOME"])) >= 3  # the server and two Dask workers
     since, t0 = len(flow.lines), time.monotonic()
-    os.kill(flow.proc.pid, signal.SIGTERM)
+    send(flow.proc.pid, signum)
     code = flow.wait(60)
     seconds = time.monotonic() - t0
     after, errors = stopped_output(flow, since)
-    print(f"STOPPED SIGTERM during a search: exit {code} after {seconds:.1f} s")
-    assert code == 143 and seconds < 15, flow.output[-3000:]
-    assert errors == ["error: interrupted by SIGTERM; production unchanged"] and "Traceback" not in after
+    print(f"STOPPED {signum.name} ({send.__name__}) during a search: exit {code} after {seconds:.1f} s")
+    assert code == status and seconds < 15, flow.output[-3000:]
+    assert errors == [f"error: interrupted by {signum.name}; production unchanged"] and "Traceback" not in after
     assert_nothing_left(run_env, within_s=2)
     assert_production_unchanged(run_env)
 
@@ -153,3 +160,15 @@ def test_an_interruption_swallowed_by_a_garbage_collector_callback_is_delivered_
     was raised inside Dask's GC callback, and Python dropped it ("Exception ignored in ...")."""
     proc = subprocess.run([sys.executable, "-c", SWALLOWED], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.stdout.startswith("interrupted by SIGTERM after 0.") and proc.stderr == "", proc.stdout + proc.stderr
+
+
+def test_ctrl_c_while_the_run_is_still_importing_is_one_line_too(run_env):
+    """The temporary server is launched first thing, while the process imports Prefect (seconds):
+    a Ctrl-C then printed an import's traceback, and the server's own."""
+    flow = FlowProcess([sys.executable, "flows/train_flow.py", "--epochs", "1"], REPO, run_env)
+    wait_for(lambda: processes_of(run_env["PREFECT_HOME"]), 30, "the early server", 0.02)
+    time.sleep(0.2)
+    os.killpg(flow.proc.pid, signal.SIGINT)
+    assert flow.wait(30) == 130
+    assert flow.output.strip() == "error: interrupted by SIGINT", flow.output[-3000:]
+    assert_nothing_left(run_env, within_s=5)
