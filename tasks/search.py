@@ -13,11 +13,42 @@ from typing import Optional
 
 from prefect.artifacts import create_table_artifact
 
+from mnist_pipeline.errors import ClusterUnavailable
 from mnist_pipeline.params import TuneParams
 from tasks.publish import link_artifact
 from tasks.tune import (DataSource, best_record, dask_wait_any, drive_search, make_oracle, one_line,
                         render_search_report, search_summary, store_trial_record, table_rows, trial_task,
                         warm_worker)
+
+
+def check_scheduler(address: str) -> None:
+    """The scheduler at `address` answers (its identity) within Dask's connect timeout
+    (distributed.comm.timeouts.connect, 30 s; DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT), or a
+    one-line ClusterUnavailable. distributed bounds the TCP connection by it, not the handshake
+    after: a host that accepted the connection and never answered held the flow forever."""
+    import asyncio
+
+    import dask
+    from dask.utils import parse_timedelta
+    from distributed.comm import connect  # first: it loads distributed's configuration
+
+    timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
+
+    async def identity():
+        comm = await connect(address, timeout=timeout)  # the handshake included, unbounded
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (OSError, asyncio.TimeoutError):
+        raise ClusterUnavailable(
+            f"the Dask scheduler at {address} did not answer within {timeout:g} s; check "
+            "MNIST_DASK_ADDRESS and that the scheduler is up (DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT "
+            "sets the wait)") from None
 
 
 def dask_task_runner(address: Optional[str], max_parallel: Optional[int]):
@@ -26,11 +57,21 @@ def dask_task_runner(address: Optional[str], max_parallel: Optional[int]):
     from prefect_dask import DaskTaskRunner
 
     if address:
+        check_scheduler(address)
         return DaskTaskRunner(address=address)
     cores = os.cpu_count() or 1
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": min(max_parallel or cores, cores), "threads_per_worker": 1,
         "processes": True, "dashboard_address": ":0"})
+
+
+def dask_setup(worker) -> None:
+    """A LocalCluster worker's preload (Dask calls it as the worker starts, in its process): it
+    ignores SIGINT. A Ctrl-C at the terminal reaches every process of the foreground group; the
+    run stops its workers itself, and their KeyboardInterrupt tracebacks were its last 60 lines."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def cnn_threads_per_trial(address: Optional[str], n_workers: int) -> Optional[int]:
@@ -48,8 +89,9 @@ def run_search(p: TuneParams, address: Optional[str], store, run_id: str, source
 
     with dask_task_runner(address, p.max_parallel) as runner:
         # A LocalCluster's workers take this process's Dask config: no statistical profiler
-        # sampling their stacks every 10 ms while trials compete for the cores.
-        with dask.config.set({"distributed.worker.profile.enabled": False}):
+        # sampling their stacks every 10 ms while trials compete for the cores; dask_setup above.
+        with dask.config.set({"distributed.worker.profile.enabled": False,
+                              "distributed.worker.preload": [] if address else [__name__]}):
             client = runner.client
         if address:
             client.wait_for_workers(1, timeout=120)
