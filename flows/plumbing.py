@@ -1,17 +1,23 @@
 """What every flow of this project shares, so each flow file reads as its pipeline only:
 the process entry (`python flows/X.py`: parameters, the temporary Prefect server, exit
-statuses), the retry rule for flows, the final states, and what happens when a run fails.
+statuses), the retry rule for flows, the final states, and what happens when a run fails or is
+stopped (SIGINT, SIGTERM, its temporary Prefect server lost).
 
 Exit statuses (DESIGN.md): 0 = stored and promoted; 3 = stored, promotion blocked by the gate,
-production unchanged; 2 = bad parameters or settings; 1 = the run failed, production unchanged.
+production unchanged; 2 = bad parameters or settings; 1 = the run failed, production unchanged;
+130/143 = stopped by SIGINT/SIGTERM, production unchanged.
 """
 
 import logging
+import os
+import signal
 import sys
 import threading
 from contextlib import contextmanager
+from functools import partial
 
 from prefect.context import FlowRunContext
+from prefect.exceptions import TerminationSignal
 from prefect.states import Completed, State
 from pydantic import BaseModel
 
@@ -19,6 +25,7 @@ from mnist_pipeline import collector, notify, startup
 from mnist_pipeline.ephemeral_server import ephemeral_server
 from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient
 from mnist_pipeline.params import command_line, parse_params
+from mnist_pipeline.redaction import install_log_redaction, redact
 from mnist_pipeline.settings import load_settings
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
@@ -27,12 +34,12 @@ EXIT_PROMOTED, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 # -- logs: one line for a failure the pipeline foresaw -------------------------------------------
 class _ExpectedErrorsWithoutTraceback(logging.Filter):
     """Prefect logs a failing task or flow with its traceback. For our own one-line errors (bad
-    data, an unusable store, a dead endpoint, a damaged registry) the line says it all;
-    unexpected errors keep their traceback."""
+    data, an unusable store, a dead endpoint, a damaged registry) and for a stopped run the line
+    says it all; unexpected errors keep their traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and is_expected(exc):
+        if exc is not None and (is_expected(exc) or isinstance(exc, (KeyboardInterrupt, TerminationSignal))):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -56,10 +63,13 @@ def route_package_logs() -> None:
 
 
 def prepare_run() -> None:
-    """First thing in a flow's body, wherever it runs: idempotent."""
+    """First thing in a flow's body, wherever it runs (idempotent): TensorFlow's settings, one
+    line for a foreseen failure, this package's logs in the run's log, and every record
+    redacted (Prefect's too: its console, its API's log table, ours)."""
     startup.prepare_tensorflow()
     quiet_expected_tracebacks()
     route_package_logs()
+    install_log_redaction()
 
 
 # -- retries and final states ---------------------------------------------------------------------
@@ -143,6 +153,121 @@ def tensorflow_imported_in_background():
         loader.join()
 
 
+# -- a run stopped: a signal, or its temporary Prefect server lost -------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread. A KeyboardInterrupt, as Prefect expects of an
+    interruption: it records the run as Crashed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# What stopped the run: the signal received, and whether its one line was printed (by the main
+# thread or the server's watch, whichever came first).
+_ending: dict = {"signal": None, "printed": threading.Lock()}
+
+
+def _signal_of(exc: BaseException) -> int:
+    return getattr(exc, "signum", None) or getattr(exc, "signal", None) or signal.SIGINT
+
+
+@contextmanager
+def stop_signals_raise():
+    """SIGINT and SIGTERM raise Interrupted (by default SIGINT printed a 90-line traceback, and
+    SIGTERM ended the process at once, leaving its temporary server running; during a flow,
+    Prefect raises its TerminationSignal). Once: a second signal is ignored while the run unwinds
+    (seconds: the server is stopped, logs are sent). An interruption raised where Python
+    swallows exceptions (a garbage-collector callback of Dask's: the run went on to its end) is
+    delivered again."""
+    state = {"raised": False, "again": False}
+
+    def handler(signum, frame):
+        _ending["signal"] = _ending["signal"] or signum
+        if not state["raised"] or state["again"]:
+            state["raised"], state["again"] = True, False
+            raise Interrupted(signum)
+
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, (KeyboardInterrupt, TerminationSignal)):
+            # From a thread, a moment later: a handler run here, or still inside the callback
+            # that swallowed it, would be swallowed again.
+            state["again"] = True
+            threading.Timer(0.01, os.kill, (os.getpid(), _signal_of(info.exc_value))).start()
+        else:
+            previous_hook(info)
+
+    previous_hook = sys.unraisablehook
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals are someone else's business
+        previous = {}
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _production_names(run_id: str) -> bool | None:
+    """Whether production names `run_id` (None: the store could not say)."""
+    from mnist_pipeline import registry
+    from mnist_pipeline.store import open_store
+
+    try:
+        production, _ = registry.read_production(open_store(load_settings()))
+    except Exception:
+        return None
+    return production is not None and production.run_id == run_id
+
+
+def stopped(what: str, status: int) -> int:
+    """The one line of a run stopped before its end (printed once); the exit status that says
+    it. Before its promotion began, production is unchanged; after, what production names
+    decides: a promoted run exits 0 whatever stopped it after its decisive write."""
+    from tasks.gate import promotions_begun
+
+    if not _ending["printed"].acquire(blocking=False):
+        return status
+    run_id = promotions_begun[-1] if promotions_begun else None
+    names = _production_names(run_id) if run_id else False
+    if names:
+        print(f"run {run_id}: promoted to production; then {what} before the run's end (its report links, "
+              "event or notification may be missing)")
+        return EXIT_PROMOTED
+    production = "production unchanged" if names is False else \
+        "whether production changed is unknown: check it with `mnist-pipeline runs`"
+    print(f"error: {what}; {production}", file=sys.stderr)
+    return status
+
+
+def _server_lost(server, why: str) -> None:
+    """The temporary server is gone: every API call the run makes would now be retried for a
+    minute, and nothing can be recorded. End the process from here, once production is settled
+    (a promotion being written is waited for)."""
+    from tasks.gate import PROMOTING
+
+    server.process.kill()  # one that hangs, too
+    with PROMOTING:
+        _stop_child_processes()
+        signum = _ending["signal"]  # a signal to the whole process group stops the server too
+        status = stopped(f"interrupted by {signal.Signals(signum).name}", 128 + signum) if signum else \
+            stopped(f"run failed: the Prefect server stopped answering ({why})", EXIT_FAILED)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _stop_child_processes() -> None:
+    """Close the LocalClusters of this process as Dask does at a normal exit (their workers are
+    stopped, not restarted by their nannies), before the process ends without one."""
+    spec = sys.modules.get("distributed.deploy.spec")
+    if spec is not None:
+        spec.close_clusters()
+
+
 def exit_status(state: State) -> int:
     """Print the run's one-line outcome; the exit status that says it."""
     if state.is_completed():
@@ -151,11 +276,11 @@ def exit_status(state: State) -> int:
         print(f"run {summary['run_id']}: test accuracy {summary['test_accuracy']:.4f}; {verdict}; "
               f"report: {summary['report']}")
         for warning in summary.get("warnings", []):
-            print(f"warning: {warning}", file=sys.stderr)
+            print(f"warning: {redact(warning)}", file=sys.stderr)
         return EXIT_PROMOTED if summary["promoted"] else EXIT_BLOCKED
     exc = state.result(raise_on_failure=False)
     detail = str(exc) if isinstance(exc, PipelineError) else (state.message or "unknown error")
-    print(f"error: run failed: {detail}", file=sys.stderr)
+    print(f"error: run failed: {redact(detail)}", file=sys.stderr)
     return EXIT_FAILED
 
 
@@ -163,9 +288,9 @@ def main(flow, schema: type[BaseModel], argv: list[str] | None = None) -> int:
     """`python flows/X.py [options]`: run `flow` once with a temporary Prefect server (unless
     PREFECT_API_URL is set), print one line, exit with the run's status. The options are
     `schema`'s fields (mnist_pipeline/params.py)."""
-    startup.prepare_tensorflow()
+    prepare_run()
     parser = command_line(schema, flow.description, "Exit status: 0 promoted, 3 blocked by the gate, "
-                                                    "2 bad parameters, 1 the run failed.")
+                                                    "2 bad parameters, 1 the run failed, 130/143 stopped.")
     args = vars(parser.parse_args(argv))
     try:
         load_settings()  # fail before any work on a bad environment
@@ -173,12 +298,22 @@ def main(flow, schema: type[BaseModel], argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    with ephemeral_server() as server, tensorflow_imported_in_background():
-        try:
+    from tasks.gate import promotions_begun
+
+    promotions_begun.clear()
+    _ending.update(signal=None, printed=threading.Lock())
+    try:
+        with stop_signals_raise(), ephemeral_server() as server, tensorflow_imported_in_background():
+            try:
+                if server:
+                    server.wait_ready()
+            except RuntimeError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_FAILED
             if server:
-                server.wait_ready()
-        except RuntimeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        state = flow(**params, return_state=True)
+                server.watch(partial(_server_lost, server))
+            state = flow(**params, return_state=True)
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        signum = _signal_of(exc)
+        return stopped(f"interrupted by {signal.Signals(signum).name}", 128 + signum)
     return exit_status(state)

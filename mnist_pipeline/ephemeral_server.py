@@ -10,6 +10,10 @@ overlap TensorFlow's import.
 2 s here): the server took 8-9 s to answer on this project's machine, longer than the flow's
 process took to import Prefect and TensorFlow; 6.5-6.9 s since its imports pause the garbage
 collector, about as long. Only this module's functions import Prefect.
+
+While a run uses it, a thread watches it (`watch`): a server that exits, or stops answering, ends
+the run in seconds, where Prefect's client would retry each of the run's API calls for a minute.
+The server dies with the run's process, even a killed one (mnist_pipeline/prefect_server.py).
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ import atexit
 import http.client
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 # A temporary server registers no block types. Prefect does it at every server start: it imports
@@ -46,11 +52,16 @@ class EphemeralServer:
         # The command and environment of prefect.server.api.server.SubprocessASGIServer (3.8), but
         # `python -m uvicorn` with the collector paused while it imports (prefect_server.py).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mnist_pipeline.prefect_server", "--app-dir", str(prefect_root),
+            [sys.executable, "-m", "mnist_pipeline.prefect_server", "--parent-pid", str(os.getpid()),
+             "--app-dir", str(prefect_root),
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "error", "--lifespan", "on"],
             env={**SKIP_BLOCK_REGISTRATION, **os.environ, **settings_env, "PREFECT_UI_ENABLED": "0",
-                 "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
+                 "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
+            # Its own session: a Ctrl-C at the terminal (SIGINT to the foreground process group)
+            # is the run's to handle; the server would shut down under the run recording it.
+            start_new_session=True)
+        self._stopping = threading.Event()
 
     def wait_ready(self) -> None:
         timeout = startup_timeout_s()
@@ -65,10 +76,35 @@ class EphemeralServer:
         raise RuntimeError(f"Prefect's temporary server did not answer within {timeout} s; "
                            "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL")
 
-    def _answers(self) -> bool:
+    def watch(self, on_lost: Callable[[str], None]) -> None:
+        """From now until stop(), call on_lost(why), once, from a thread, when the server's process
+        exits or its health check has not answered for PREFECT_API_REQUEST_TIMEOUT (Prefect's
+        bound on one API request)."""
+        from prefect.settings import PREFECT_API_REQUEST_TIMEOUT
+
+        silence_s = PREFECT_API_REQUEST_TIMEOUT.value()
+
+        def run() -> None:
+            answered = next_check = time.monotonic()
+            while not self._stopping.wait(WATCH_INTERVAL_S):
+                why = None
+                if self.process.poll() is not None:
+                    why = f"its process ended ({_exit_reason(self.process.returncode)})"
+                elif time.monotonic() >= next_check:
+                    if self._answers(timeout=min(5.0, silence_s)):
+                        answered = time.monotonic()
+                    elif time.monotonic() - answered > silence_s:
+                        why = f"it did not answer for {silence_s:g} s"
+                    next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
+                if why and not self._stopping.is_set():  # not our own stop
+                    return on_lost(why)
+
+        threading.Thread(target=run, name="watch-prefect-server", daemon=True).start()
+
+    def _answers(self, timeout: float = 5.0) -> bool:
         # The standard library's HTTP client: httpx's would build a TLS context (loading the CA
         # bundle, 55 ms of CPU idle, 140 ms during start-up here) to poll plain HTTP.
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             connection.request("GET", "/api/health")
             return connection.getresponse().status == 200
@@ -82,6 +118,7 @@ class EphemeralServer:
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
 
+        self._stopping.set()
         try:
             APILogWorker.drain_all(timeout=5)
             EventsWorker.drain_all(timeout=5)
@@ -89,12 +126,26 @@ class EphemeralServer:
             self._terminate()
 
     def _terminate(self) -> None:
+        self._stopping.set()
         self.process.terminate()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+WATCH_INTERVAL_S = 0.25  # how soon a server that exited is noticed
+HEALTH_CHECK_EVERY_S = 2.0  # a health check of a server that is running but may be hung
+
+
+def _exit_reason(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            pass
+    return f"exit status {status}"
 
 
 # Prefect's own default (20 s) is too short for this server's first start on a slow machine: a

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import errno
 
+from mnist_pipeline.redaction import redact
+
 
 class PipelineError(Exception):
-    """A failure with a one-line message that says what is wrong and what to do."""
+    """A failure with a one-line message that says what is wrong and what to do. Any URL in it
+    is redacted where it is made: the message reaches logs, run states and the Prefect UI."""
+
+    def __init__(self, *args: object):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class PermanentError(PipelineError):
@@ -44,6 +50,10 @@ class StoreUnavailable(TransientError):
 
 class MirrorUnavailable(TransientError):
     """No mirror answered for a file (network errors only)."""
+
+
+class ClusterUnavailable(TransientError):
+    """The Dask scheduler (MNIST_DASK_ADDRESS) did not answer in time."""
 
 
 class RegistryError(PermanentError):

@@ -2,7 +2,7 @@
 
 Blocked and failed runs are sent; promotions too with MNIST_NOTIFY_ON=all. A notification that
 cannot be delivered is a warning, never a change to the run's outcome. Apprise URLs often carry
-a token or password, so they are named only in Apprise's privacy form (secrets masked).
+a token or password, so they are named only redacted (mnist_pipeline/redaction.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from mnist_pipeline.redaction import redact, redact_url
 from mnist_pipeline.settings import Settings
 
 log = logging.getLogger("mnist_pipeline.notify")
@@ -42,17 +43,7 @@ def message(outcome: Outcome) -> tuple[str, str]:
         lines.append(f"Production: unchanged ({outcome.production_run_id or 'nothing in production'}).")
     if outcome.report:
         lines.append(f"Report: {outcome.report}")
-    return title, "\n".join(lines)
-
-
-def _private(url: str) -> str:
-    import apprise
-
-    try:
-        plugin = apprise.Apprise.instantiate(url)
-        return plugin.url(privacy=True) if plugin else url.split("://", 1)[0] + "://..."
-    except Exception:
-        return url.split("://", 1)[0] + "://..."
+    return title, redact("\n".join(lines))
 
 
 def send(settings: Settings, outcome: Outcome) -> list[str]:
@@ -76,6 +67,6 @@ def send(settings: Settings, outcome: Outcome) -> list[str]:
             delivered, accepted = False, f"{type(exc).__name__}"
         if not delivered:
             why = "not an Apprise URL" if accepted is False else "not delivered"
-            warnings.append(f"notification to {_private(url)} failed ({why}); the run's outcome is unchanged")
+            warnings.append(f"notification to {redact_url(url)} failed ({why}); the run's outcome is unchanged")
             log.warning(warnings[-1])
     return warnings

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("is empty")
         if value.startswith("s3://"):
+            if "@" in value:  # user info, never echoed: it may be a key and its secret
+                raise ValueError("must not carry credentials (user info before '@'); put them in "
+                                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
             bucket = value[5:].split("/", 1)[0]
             problem = bucket_name_problem(bucket)
             if problem:

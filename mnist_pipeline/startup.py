@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import os
+import signal
 import sys
 
 
@@ -29,14 +30,23 @@ def prepare_tensorflow() -> None:
 def fast_start() -> None:
     """For `python flows/X.py`, before it imports Prefect: Prefect's temporary server starts now,
     in parallel with this process's imports; the garbage collector waits until TensorFlow is
-    imported; and, since TensorFlow then imports in a thread while the main thread starts Prefect,
-    AST parses take turns on the Pythons where two at once can fail (threadsafe_ast)."""
+    imported; since TensorFlow then imports in a thread while the main thread starts Prefect, AST
+    parses take turns on the Pythons where two at once can fail (threadsafe_ast); and until the
+    flow's entry takes SIGINT and SIGTERM over, they end the importing process in one line (the
+    server dies with it)."""
     from mnist_pipeline import collector, ephemeral_server, threadsafe_ast
 
     collector.pause_while_importing()
     threadsafe_ast.install()
     prepare_tensorflow()
     ephemeral_server.launch_early()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stopped_while_importing)
+
+
+def _stopped_while_importing(signum, frame):
+    print(f"error: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    os._exit(128 + signum)
 
 
 class KerasWithoutSklearn(importlib.abc.MetaPathFinder):

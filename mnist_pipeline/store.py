@@ -432,7 +432,9 @@ class S3Store(ArtifactStore):
             aws_secret_access_key=(s.aws_secret_access_key.get_secret_value()
                                    if s.aws_secret_access_key else None),
             config=Config(
-                retries={"max_attempts": max_attempts, "mode": s.aws_retry_mode},
+                # total_max_attempts counts the first attempt, as AWS_MAX_ATTEMPTS does; botocore's
+                # max_attempts counts only the retries (AWS_MAX_ATTEMPTS=4 made 5 attempts).
+                retries={"total_max_attempts": max_attempts, "mode": s.aws_retry_mode},
                 connect_timeout=min(5.0, per_attempt), read_timeout=per_attempt,
                 s3={"addressing_style": "path"},
                 signature_version="s3v4",  # presigned URLs too (MinIO and new AWS regions need v4)

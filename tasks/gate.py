@@ -8,6 +8,8 @@ promote writes production.json conditionally (decided again if production change
 
 from __future__ import annotations
 
+import threading
+
 from prefect import get_run_logger
 from prefect.tasks import exponential_backoff
 
@@ -48,13 +50,21 @@ def gate_task(store: ArtifactStore, accuracy: float, params: TrainParams, min_ac
     return decision
 
 
+# A run stopped from another thread (its Prefect server lost) takes this lock before it reads what
+# production names and exits: a promotion being written is finished first, none starts after.
+PROMOTING = threading.Lock()
+promotions_begun: list[str] = []  # run ids, in this process: a stopped run's exit status reads production
+
+
 @stage("promote", retries=1,
       retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_condition_fn=retry_if_transient)
 def promote_task(store: ArtifactStore, candidate: registry.Candidate, params: TrainParams,
                  min_accuracy: float, run_id: str, summary: dict) -> registry.PromotionResult:
-    result = registry.promote(store, candidate, min_accuracy=min_accuracy,
-                              max_regression=params.max_regression, allow_regression=params.allow_regression,
-                              actor=f"flow-run:{run_id}", source="flow", summary=summary)
+    promotions_begun.append(run_id)
+    with PROMOTING:
+        result = registry.promote(store, candidate, min_accuracy=min_accuracy,
+                                  max_regression=params.max_regression, allow_regression=params.allow_regression,
+                                  actor=f"flow-run:{run_id}", source="flow", summary=summary)
     log = get_run_logger()
     log.info("promotion: %s: %s", "promoted" if result.promoted else "blocked", result.reason)
     for warning in result.warnings:

@@ -14,6 +14,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.events import emit_event
 
 from mnist_pipeline import keys, notify
+from mnist_pipeline.redaction import redact, redact_url
 from mnist_pipeline.registry import PromotionResult
 from mnist_pipeline.settings import Settings
 from mnist_pipeline.store import ArtifactStore
@@ -56,7 +57,7 @@ def publish_artifacts(store: ArtifactStore, run_id: str, params: dict, metrics: 
                       outcome: notify.Outcome) -> None:
     stamp = f"{metrics['test_accuracy']:.4f} · {outcome.kind}"
     _, pointer = report_pointer(store, run_id)
-    create_markdown_artifact(summary_markdown(run_id, params, metrics, outcome, pointer),
+    create_markdown_artifact(redact(summary_markdown(run_id, params, metrics, outcome, pointer)),
                              key="mnist-run-summary", description=f"{stamp}: key numbers and the decision")
     rows = [{"digit": d, **m} for d, m in metrics["per_class"].items()]
     create_table_artifact(rows, key="mnist-per-class-metrics", description=f"{stamp}: per-class test metrics")
@@ -71,10 +72,10 @@ def link_artifact(store: ArtifactStore, key: str, artifact_key: str, link_text: 
     and `open_with`, the command that opens it."""
     url = store.link(key)
     if url:
-        create_link_artifact(url, link_text=link_text, key=artifact_key, description=description)
+        create_link_artifact(redact_url(url), link_text=link_text, key=artifact_key, description=description)
         return
     how = f"\n\nOpen it with `{open_with}`." if open_with else ""
-    create_markdown_artifact(f"{link_text} is in the store's folder:\n\n`{store.location(key)}`{how}",
+    create_markdown_artifact(redact(f"{link_text} is in the store's folder:\n\n`{store.location(key)}`{how}"),
                              key=artifact_key, description=description)
 
 
@@ -92,7 +93,8 @@ def emit_outcome_event(outcome: notify.Outcome, store_url: str | None, **payload
                related=related,
                payload={"run_id": outcome.run_id, "test_accuracy": outcome.test_accuracy,
                         "min_accuracy": outcome.min_accuracy, "production_run_id": outcome.production_run_id,
-                        "reason": outcome.reason, "store": store_url, **payload})
+                        "reason": redact(outcome.reason), "store": store_url and redact_url(store_url),
+                        **payload})
 
 
 def outcome_of(run_id: str, result: PromotionResult, accuracy: float, min_accuracy: float,

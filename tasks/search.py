@@ -11,7 +11,7 @@ import time
 from functools import partial
 from typing import Callable, Iterable, Optional
 
-from mnist_pipeline.errors import PermanentError
+from mnist_pipeline.errors import ClusterUnavailable, PermanentError
 from mnist_pipeline.params import TuneParams
 from mnist_pipeline.search_space import ALGORITHMS, OBJECTIVE, hyperparameters_for
 from tasks.search_report import publish_search, search_summary, store_trial_record
@@ -197,17 +197,57 @@ def best_record(records: list[dict]) -> dict:
     return max(done, key=lambda r: (r["val_accuracy"], -records.index(r)))
 
 
+def check_scheduler(address: str) -> None:
+    """The scheduler at `address` answers (its identity) within Dask's connect timeout
+    (distributed.comm.timeouts.connect, 30 s; DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT), or a
+    one-line ClusterUnavailable. distributed bounds the TCP connection by it, not the handshake
+    after: a host that accepted the connection and never answered held the flow forever."""
+    import asyncio
+
+    import dask
+    from dask.utils import parse_timedelta
+    from distributed.comm import connect  # first: it loads distributed's configuration
+
+    timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
+
+    async def identity():
+        comm = await connect(address, timeout=timeout)  # the handshake included, unbounded
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (OSError, asyncio.TimeoutError):
+        raise ClusterUnavailable(
+            f"the Dask scheduler at {address} did not answer within {timeout:g} s; check "
+            "MNIST_DASK_ADDRESS and that the scheduler is up (DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT "
+            "sets the wait)") from None
+
+
 def dask_task_runner(address: Optional[str], max_parallel: Optional[int]):
     """An existing cluster, or a LocalCluster of single-threaded worker processes: one per core
     (fewer if max_parallel says so). Processes, not threads: TensorFlow and the GIL."""
     from prefect_dask import DaskTaskRunner
 
     if address:
+        check_scheduler(address)
         return DaskTaskRunner(address=address)
     cores = os.cpu_count() or 1
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": min(max_parallel or cores, cores), "threads_per_worker": 1,
         "processes": True, "dashboard_address": ":0"})
+
+
+def dask_setup(worker) -> None:
+    """A LocalCluster worker's preload (Dask calls it as the worker starts, in its process): it
+    ignores SIGINT. A Ctrl-C at the terminal reaches every process of the foreground group; the
+    run stops its workers itself, and their KeyboardInterrupt tracebacks were its last 60 lines."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def cnn_threads_per_trial(address: Optional[str], n_workers: int) -> Optional[int]:
@@ -225,8 +265,9 @@ def run_search(p: TuneParams, address: Optional[str], store, run_id: str, source
 
     with dask_task_runner(address, p.max_parallel) as runner:
         # A LocalCluster's workers take this process's Dask config: no statistical profiler
-        # sampling their stacks every 10 ms while trials compete for the cores.
-        with dask.config.set({"distributed.worker.profile.enabled": False}):
+        # sampling their stacks every 10 ms while trials compete for the cores; dask_setup above.
+        with dask.config.set({"distributed.worker.profile.enabled": False,
+                              "distributed.worker.preload": [] if address else [__name__]}):
             client = runner.client
         if address:
             client.wait_for_workers(1, timeout=120)

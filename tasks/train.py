@@ -73,17 +73,39 @@ def train_model(data: Splits, params: TrainParams, store: ArtifactStore, run_id:
 def train_task(data: Splits, params: TrainParams, store: ArtifactStore, run_id: str,
                hyperparameters: dict | None = None) -> TrainResult:
     log = get_run_logger()
-    progress_id = create_progress_artifact(progress=0.0, key="mnist-training-progress",
-                                           description=f"training {params.model}, {params.epochs} epochs")
+
+    progress = ProgressArtifact(log, params)
 
     def on_epoch(epoch: int, logs: dict) -> None:
         log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  (%.1f s)",
                  epoch, params.epochs, logs.get("loss", np.nan), logs.get("accuracy", np.nan),
                  logs.get("val_loss", np.nan), logs.get("val_accuracy", np.nan), logs["seconds"])
-        update_progress_artifact(progress_id, progress=100.0 * epoch / params.epochs)
+        progress.update(100.0 * epoch / params.epochs)
 
     result = train_model(data, params, store, run_id, on_epoch, hyperparameters)
     if result.reused:
         log.info("reusing the model stored by an earlier attempt of this run: %s", result.model_key)
-        update_progress_artifact(progress_id, progress=100.0)
+        progress.update(100.0)
     return result
+
+
+class ProgressArtifact:
+    """The UI's progress bar of the training. Only a view: an API call that fails (after
+    Prefect's own retries) is a warning, once, and the bar stops; the training goes on."""
+
+    def __init__(self, log, params: TrainParams):
+        self.log, self.broken = log, False
+        self.id = self._call(create_progress_artifact, progress=0.0, key="mnist-training-progress",
+                             description=f"training {params.model}, {params.epochs} epochs")
+
+    def update(self, percent: float) -> None:
+        if not self.broken:
+            self._call(update_progress_artifact, self.id, progress=percent)
+
+    def _call(self, api, *args, **kwargs):
+        try:
+            return api(*args, **kwargs)
+        except Exception as exc:
+            self.broken = True
+            self.log.warning("the training's progress bar is not updated any more: %s: %s; the training goes on",
+                             type(exc).__name__, exc)

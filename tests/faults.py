@@ -195,3 +195,18 @@ class DrippingMirror:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def processes_of(prefect_home: str) -> list[int]:
+    """Pids of the processes whose environment holds this PREFECT_HOME (a test's unique folder):
+    a run's temporary Prefect server, its Dask workers, anything else it started."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("PREFECT_HOME") == prefect_home:
+                found.append(proc.pid)
+        except psutil.Error:
+            pass
+    return found

@@ -40,6 +40,34 @@ def test_starts_a_server_the_client_uses_and_stops_it(tmp_path, monkeypatch, pre
         assert PREFECT_API_URL.value() is None
 
 
+def test_a_hung_server_is_reported_lost_within_prefects_request_timeout_and_our_own_stop_is_not(
+        tmp_path, monkeypatch, prefect_db):
+    """The watch ends a run whose server is gone (tests/test_stopped_runs.py: one that exited)."""
+    import queue
+    import signal
+
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT
+
+    monkeypatch.setenv("PREFECT_HOME", prefect_home(tmp_path, prefect_db))
+    with temporary_settings({PREFECT_API_REQUEST_TIMEOUT: 3}, restore_defaults={PREFECT_API_URL}):
+        with ephemeral_server() as server:
+            server.wait_ready()
+            lost: queue.Queue = queue.Queue()
+            server.watch(lost.put)
+            time.sleep(3)
+            assert lost.empty()  # answering: not lost
+            server.process.send_signal(signal.SIGSTOP)
+            t0 = time.monotonic()
+            try:
+                assert lost.get(timeout=10) == "it did not answer for 3 s"
+                assert time.monotonic() - t0 < 3 + 2 + 3  # the timeout, a check's period, a check's own timeout
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            server.watch(lost.put)
+        time.sleep(1)
+        assert lost.empty() and server.process.poll() is not None  # stopped by us: nothing reported
+
+
 def test_a_configured_api_url_is_left_alone():
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
         with ephemeral_server() as server:

@@ -43,8 +43,39 @@ def test_invalid_value_is_one_line_naming_the_variable(monkeypatch, name, value,
     assert message.startswith(f"{name} is invalid") and needle in message and "\n" not in message
 
 
+@pytest.mark.parametrize("url", ["s3://AKIAKEY:SUPERSECRET-123@my-bucket", "s3://AKIAKEY:SUPER/SECRET-123@my-bucket/a",
+                                 "s3://SUPERSECRET-123@my-bucket"])
+def test_credentials_in_the_store_url_are_refused_never_echoed_and_sent_where_they_belong(monkeypatch, url):
+    monkeypatch.setenv("MNIST_STORE_URL", url)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value) == ("MNIST_STORE_URL is invalid: must not carry credentials (user info before '@'); put "
+                              "them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; fix it in the environment")
+
+
 def test_secrets_are_never_shown(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SUPERSECRET-123")
     s = load_settings()
     assert "SUPERSECRET" not in repr(s) and "SUPERSECRET" not in str(s.model_dump())
     assert s.aws_secret_access_key.get_secret_value() == "SUPERSECRET-123"
+
+
+def test_a_store_url_with_credentials_is_one_line_without_them_from_the_cli_and_the_flow(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, MNIST_STORE_URL="s3://AKIAKEY:SUPERSECRET-123@my-bucket", PREFECT_HOME=str(tmp_path))
+    env.pop("PREFECT_API_URL", None)
+    for cmd, status in (([str(Path(sys.executable).parent / "mnist-pipeline"), "runs"], 1),
+                        ([sys.executable, "flows/train_flow.py"], 2)):
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == status and "Traceback" not in output, output
+        assert "AKIAKEY" not in output and "SUPERSECRET" not in output
+        assert proc.stderr.splitlines() == ["error: MNIST_STORE_URL is invalid: must not carry credentials (user info "
+                                            "before '@'); put them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
+                                            "fix it in the environment"]

@@ -232,6 +232,19 @@ def test_a_dead_endpoint_is_a_transient_error_within_the_deadline(s3_env, monkey
     assert is_transient(err.value)
 
 
+def test_a_refused_connection_counts_its_attempts_truly(s3_env, monkeypatch, caplog):
+    """AWS_MAX_ATTEMPTS counts every attempt, the first included: before, "attempt 5/4"."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    for attempts in ("4", "2"):
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", attempts)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mnist_pipeline.store"), pytest.raises(StoreUnavailable):
+            open_store(load_settings())
+        assert [r.getMessage() for r in caplog.records] == [
+            f"S3 endpoint not answering (EndpointConnectionError), attempt {n}/{attempts}: HeadBucket"
+            for n in range(2, int(attempts) + 1)]
+
+
 def test_a_hung_endpoint_warns_on_each_retry_and_gives_up_at_the_deadline(s3_env, monkeypatch, caplog):
     silent = SilentEndpoint()
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", silent.endpoint)

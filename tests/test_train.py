@@ -113,6 +113,34 @@ def test_the_cnn_trains_and_its_stored_model_loads_in_safe_mode(small, local_sto
     assert "average of 2 networks" in result.weights
 
 
+def test_a_progress_bar_that_cannot_be_updated_is_one_warning_and_the_training_goes_on(small, local_store,
+                                                                                      monkeypatch, caplog):
+    """Its API call failing (Prefect's retries spent, the server gone) aborted the training."""
+    import logging
+
+    import httpx
+
+    from tasks import train
+
+    calls = []
+
+    def refused(*args, **kwargs):
+        calls.append(kwargs["progress"])
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(train, "create_progress_artifact", lambda **kwargs: "artifact-id")
+    monkeypatch.setattr(train, "update_progress_artifact", refused)
+    params = TrainParams(epochs=3)
+    log = logging.getLogger("tests.progress")
+    progress = train.ProgressArtifact(log, params)
+    with caplog.at_level(logging.WARNING, logger="tests.progress"):
+        result = train_model(small, params, local_store, "run-p", on_epoch=lambda e, logs: progress.update(100 * e / 3))
+    assert len(result.history["loss"]) == 3 and local_store.exists("runs/run-p/model.keras")
+    assert len(calls) == 1 and [r.getMessage() for r in caplog.records] == [
+        "the training's progress bar is not updated any more: ConnectError: [Errno 111] Connection refused; "
+        "the training goes on"]
+
+
 def test_training_is_seeded_and_reports_each_epoch(small, local_store):
     params = TrainParams(epochs=2, seed=3)
     epochs_seen = []

@@ -19,6 +19,7 @@ from mnist_pipeline.cli import review, manage, use  # noqa: I001 (the order of -
 from mnist_pipeline.cli import common
 from mnist_pipeline.cli.common import app, err
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.redaction import install_log_redaction, redact
 
 __all__ = ["app", "main", "manage", "review", "use"]
 
@@ -39,6 +40,7 @@ class _WarningLines(logging.Handler):
 
 
 def _setup_logging() -> None:
+    install_log_redaction()
     logger = logging.getLogger("mnist_pipeline")
     handler = next((h for h in logger.handlers if isinstance(h, _WarningLines)), None)
     if handler is None:
@@ -50,7 +52,7 @@ def _setup_logging() -> None:
 
 
 def _one_line(message: str) -> None:
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,133 @@
+"""One redaction for every URL-shaped value (mnist_pipeline/redaction.py): a test per form, then
+where it is applied (log records of any logger, our errors, the notification warning), and end to
+end: a flow whose notification cannot be delivered to a token-bearing URL shows the token neither
+in its output nor in the Prefect server's database."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mnist_pipeline.errors import StoreUnavailable
+from mnist_pipeline.redaction import install_log_redaction, redact, redact_url
+from tests.conftest import REPO, free_port, prefect_home
+
+SECRET = "tok3n-SECRET"
+
+
+@pytest.mark.parametrize("url,shown", [
+    # user info: a password, an S3 key and secret, one with an unencoded '/'
+    (f"json://user:{SECRET}@hooks.example/p", "json://***@hooks.example/p"),
+    (f"s3://AKIAKEY:{SECRET}@bucket/prefix", "s3://***@bucket/prefix"),
+    (f"s3://AKIAKEY:ab/{SECRET}@bucket", "s3://***@bucket"),
+    (f"mailto://me:{SECRET}@gmail.com", "mailto://***@gmail.com"),
+    # query values, Apprise's `-` (headers... of the payload) and `+` (HTTP headers) parameters
+    (f"json://host:8080/path?-token={SECRET}&+X-Auth={SECRET}", "json://host:8080/path?-token=***&+X-Auth=***"),
+    (f"https://api.example/v1?key={SECRET}&verbose", "https://api.example/v1?key=***&***"),
+    (f"https://app.example/cb#access_token={SECRET}", "https://app.example/cb#***"),
+    # Apprise services whose host and path are the token
+    (f"slack://T1JJ3T3L2/A1BRTD4JD/{SECRET}", "slack://***"),
+    (f"discord://4174216298/{SECRET}", "discord://***"),
+    (f"tgram://123456789:{SECRET}/12315544/", "tgram://***"),
+    (f"msteams://group@T/{SECRET}/A/B", "msteams://***"),
+    # webhooks on https: known hosts, any host's /hooks/..., Telegram's /bot<id>:<token>/
+    (f"https://hooks.slack.com/services/T1/B1/{SECRET}", "https://hooks.slack.com/***"),
+    (f"https://discord.com/api/webhooks/4174216298/{SECRET}", "https://discord.com/***"),
+    (f"https://chat.example.org/hooks/{SECRET}", "https://chat.example.org/hooks/***"),
+    (f"https://proxy.example/bot123:{SECRET}/sendMessage", "https://proxy.example/***/sendMessage"),
+])
+def test_every_form_of_secret_in_a_url_is_masked(url, shown):
+    assert redact_url(url) == shown and SECRET not in shown
+    assert redact(f"error: could not reach '{url}'.") == f"error: could not reach '{shown}'."
+
+
+@pytest.mark.parametrize("url", [
+    "s3://bucket/team/a", "http://127.0.0.1:9000", "tcp://10.0.0.5:8786", "http://[::1]:4200/api/health",
+    "https://s3.example/bucket/runs/6a39a689-f1a3-4f85-9f67-0aa01d90285e/report.html?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=AKIA%2F20261204%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20261204T000000Z"
+    "&X-Amz-Expires=604800&X-Amz-SignedHeaders=host&X-Amz-Signature=abcdef",
+])
+def test_places_and_the_reports_presigned_links_are_kept(url):
+    """A presigned link is the project's own capability, made to be opened: masking it would break
+    every report link the run prints and sends."""
+    assert redact_url(url) == url and redact(f"report: {url}") == f"report: {url}"
+
+
+def test_a_list_of_urls_is_redacted_url_by_url_and_redaction_is_idempotent():
+    text = f"MNIST_NOTIFY_URL=json://h/p,discord://1/{SECRET},mailto://u:{SECRET}@x.org"
+    once = redact(text)
+    assert once == "MNIST_NOTIFY_URL=json://h/p,discord://***,mailto://***@x.org" and redact(once) == once
+
+
+@pytest.fixture
+def log_redaction():
+    previous = logging.getLogRecordFactory()
+    install_log_redaction()
+    yield
+    logging.setLogRecordFactory(previous)
+
+
+def test_every_log_record_is_redacted_whatever_its_logger_arguments_or_traceback(log_redaction, caplog):
+    log = logging.getLogger("some.library")
+    with caplog.at_level(logging.INFO, logger="some.library"):
+        log.info("sending to %s", f"json://h/p?-token={SECRET}")
+        try:
+            raise ConnectionError(f"cannot reach https://hooks.slack.com/services/T/B/{SECRET}")
+        except ConnectionError:
+            log.exception("delivery failed")
+    assert SECRET not in caplog.text and "json://h/p?-token=***" in caplog.text
+    assert "Traceback" in caplog.text and "https://hooks.slack.com/***" in caplog.text
+
+
+def test_our_errors_are_redacted_where_they_are_made():
+    """Their messages reach task and flow states, the one-line errors and the UI."""
+    exc = StoreUnavailable(f"cannot reach http://admin:{SECRET}@minio:9000")
+    assert str(exc) == "cannot reach http://***@minio:9000"
+
+
+def test_an_undelivered_notification_names_its_url_without_apprise_tokens(monkeypatch):
+    from mnist_pipeline import notify
+    from mnist_pipeline.settings import load_settings
+
+    port = free_port()
+    monkeypatch.setenv("MNIST_NOTIFY_URL", f"json://127.0.0.1:{port}/hook?-token={SECRET}&+X-Auth={SECRET}")
+    warnings = notify.send(load_settings(), notify.Outcome("run-1", "failed", "bad data"))
+    assert warnings == [f"notification to json://127.0.0.1:{port}/hook?-token=***&+X-Auth=*** failed "
+                        "(not delivered); the run's outcome is unchanged"]
+
+
+def test_a_failed_delivery_to_a_token_url_leaves_the_token_in_no_output_and_not_in_prefects_database(
+        mnist_mirror, tmp_path, prefect_db):
+    """The run fails at once (a damaged registry), so its failure is notified; delivery fails."""
+    home = Path(prefect_home(tmp_path / "prefect", prefect_db))
+    store = tmp_path / "store"
+    (store / "registry").mkdir(parents=True)
+    (store / "registry" / "production.json").write_text('{"run_id": "x"}')
+    token_urls = (f"json://127.0.0.1:{free_port()}/hook?-token={SECRET}&+X-Auth={SECRET},"
+                  f"https://hooks.slack.com/services/T1/B1/{SECRET}")
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               MNIST_MIRRORS=str(mnist_mirror), MNIST_STORE_URL=str(store), MNIST_NOTIFY_URL=token_urls)
+    env.pop("PREFECT_API_URL", None)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "flows/train_flow.py", "--epochs", "1"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    print(f"REDACTION failed delivery, token URL: exit {proc.returncode} after {time.monotonic() - t0:.1f} s")
+    assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert "notification to json://127.0.0.1:" in output and "/hook?-token=***&+X-Auth=*** failed" in output
+    assert SECRET not in output
+    db = sqlite3.connect(home / "prefect.db")
+    try:
+        logged = [m for (m,) in db.execute("SELECT message FROM log")]
+        dump = "\n".join(db.iterdump())
+    finally:
+        db.close()
+    assert any("/hook?-token=***&+X-Auth=*** failed" in m for m in logged), logged[-20:]
+    assert SECRET not in dump  # no table at all: logs, states, events, artifacts
