@@ -63,10 +63,10 @@ def route_package_logs() -> None:
 
 
 def prepare_run() -> None:
-    """First thing in a flow's body, wherever it runs (idempotent): TensorFlow's settings, one
+    """First thing in a flow's body, wherever it runs (idempotent): the process prepared, one
     line for a foreseen failure, this package's logs in the run's log, and every record
     redacted (Prefect's too: its console, its API's log table, ours)."""
-    startup.prepare_tensorflow()
+    startup.prepare_process()
     quiet_expected_tracebacks()
     route_package_logs()
     install_log_redaction()

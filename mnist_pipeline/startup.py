@@ -1,9 +1,9 @@
 """How this project's processes start: explicit calls that the entry points make, never done on
 import (importing any module of this package changes nothing in the interpreter).
 
-- `prepare_tensorflow()`: TensorFlow's settings that must be in place before its first import.
-  Every entry point that may train or load a model calls it (the flows, the CLI, serve.py, a
-  tuning trial on a Dask worker).
+- `prepare_process()`: every entry point, first thing (the CLI, a flow's body wherever it runs,
+  serve.py, a tuning trial on a Dask worker): AST parses safe from many threads, and
+  `prepare_tensorflow()`, TensorFlow's settings that must be in place before its first import.
 - `fast_start()`: `python flows/X.py` only, first thing: a one-off process that wants its result
   soon (docs/performance.md measures each of these).
 """
@@ -27,6 +27,16 @@ def prepare_tensorflow() -> None:
         sys.meta_path.insert(0, KerasWithoutSklearn())
 
 
+def prepare_process() -> None:
+    """Idempotent. Our threads parse (NumPy reads each .npy header with `ast.literal_eval`;
+    `verify` reads from 16 threads): on the Pythons where two parses at once can fail, they take
+    turns (threadsafe_ast)."""
+    from mnist_pipeline import threadsafe_ast
+
+    threadsafe_ast.install()
+    prepare_tensorflow()
+
+
 def fast_start() -> None:
     """For `python flows/X.py`, before it imports Prefect: Prefect's temporary server starts now,
     in parallel with this process's imports; the garbage collector waits until TensorFlow is
@@ -34,11 +44,10 @@ def fast_start() -> None:
     parses take turns on the Pythons where two at once can fail (threadsafe_ast); and until the
     flow's entry takes SIGINT and SIGTERM over, they end the importing process in one line (the
     server dies with it)."""
-    from mnist_pipeline import collector, ephemeral_server, threadsafe_ast
+    from mnist_pipeline import collector, ephemeral_server
 
     collector.pause_while_importing()
-    threadsafe_ast.install()
-    prepare_tensorflow()
+    prepare_process()
     ephemeral_server.launch_early()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stopped_while_importing)

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from mnist_pipeline.errors import TrainingDiverged
 from mnist_pipeline.model import build_model, fit, predict_probabilities, use_threads_for
 from mnist_pipeline.search_space import default_values
+from mnist_pipeline.startup import prepare_process
 
 COMPLETED, FAILED = "COMPLETED", "FAILED"
 
@@ -75,6 +76,7 @@ def warm_worker(data_source: DataSource, model_kind: str, threads: int | None = 
     """Import TensorFlow, set its threads and load the data, before any trial: run on every
     worker at once (client.run) so that the first trials do not each pay for it. Seconds taken."""
     started = time.perf_counter()
+    prepare_process()
     load_trial_data(data_source)
     use_threads_for(model_kind, threads)
     import keras  # noqa: F401
@@ -121,6 +123,7 @@ def run_trial(hp_values: dict, model_kind: str, epochs: int, seed: int, data_sou
     Never raises for a bad trial: a diverged training or any error is returned as status FAILED
     with a one-line reason, so the search records it and goes on."""
     started = time.perf_counter()
+    prepare_process()  # on a Dask worker, this may be the process's first call into the pipeline
     record = {"hyperparameters": dict(hp_values), "val_accuracy": None, "status": FAILED,
               "error": None, "worker": current_worker(), "pid": os.getpid(),
               "epochs": trial_epochs(hp_values, epochs), "seconds": None}
