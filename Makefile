@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	PYTHONWARNINGS=ignore::UserWarning $(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: setup run test test-all
+.PHONY: setup run test test-all test-unit
 setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -24,3 +24,7 @@ test: $(VENV)/.installed
 
 test-all: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Seconds: what needs no server and trains nothing, to check a change before the whole suite.
+test-unit: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -m unit $(PYTEST_ARGS)

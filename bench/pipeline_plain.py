@@ -21,20 +21,21 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mnist_pipeline import collector  # noqa: E402
+from mnist_pipeline import collector, startup  # noqa: E402
 
-# As `python flows/train_flow.py` does (flows/plumbing.py): the collector paused while the process
-# imports, frozen at exit. Process plumbing, not orchestration: the comparison keeps it on both sides.
+# As `python flows/train_flow.py` does (mnist_pipeline/startup.py fast_start): the collector paused
+# while the process imports, frozen at exit, and TensorFlow's settings. Process plumbing, not
+# orchestration: the comparison keeps it on both sides.
 collector.pause_while_importing()
+startup.prepare_tensorflow()
 
 
 def keep_prefect_out() -> None:
     """The stage modules declare their Prefect tasks when imported; this process calls the stage
     functions only, so Prefect is not imported at all: its import is the orchestration's cost
-    (1.3 s of this process until 2026-12-02, counted in the baseline). A stand-in gives the
+    (docs/performance.md). A stand-in gives the
     names those modules import; the task decorators return the function as is, and anything
     else raises if a stage function ever calls it."""
     def task(fn=None, **_options):
@@ -61,9 +62,8 @@ def keep_prefect_out() -> None:
 keep_prefect_out()
 
 from mnist_pipeline import registry  # noqa: E402
-from mnist_pipeline.dataset import MNIST_SHA256  # noqa: E402
 from mnist_pipeline.params import parse_params  # noqa: E402
-from mnist_pipeline.provenance import git_commit, package_versions  # noqa: E402
+from mnist_pipeline.provenance import provenance  # noqa: E402
 from mnist_pipeline.settings import load_settings  # noqa: E402
 from mnist_pipeline.store import open_store  # noqa: E402
 
@@ -82,7 +82,7 @@ def main() -> int:
     from tasks.normalize import normalize_and_split
     from tasks.plots import render_plots
     from tasks.report import render_report, report_input
-    from tasks.store_artifacts import store_manifest, store_run_files
+    from tasks.store_artifacts import store_run
     from tasks.train import train_model
     from tasks.validate import validate_mnist
 
@@ -111,15 +111,13 @@ def main() -> int:
     accuracy = evaluation.metrics["test_accuracy"]
     plots = stage("plots", render_plots, trained.history, evaluation, splits.x_test, splits.y_test, min_accuracy)
     decision = stage("gate", decide, store, accuracy, params, min_accuracy)
-    comparison = (with_production(store, decision.production_run_id, splits.y_test, evaluation.y_pred)
-                  if decision.production_run_id else None)
-    provenance = {"git_commit": git_commit(), "versions": package_versions(), "dataset_sha256": MNIST_SHA256,
-                  "timings_s": timings, "started_at": started.isoformat()}
-    html = stage("report", lambda: render_report(report_input(run_id, params, min_accuracy, profile, evaluation,
-                                                               trained, decision, provenance, plots, comparison)))
-    files = stage("store", store_run_files, store, run_id, evaluation, plots, html)
-    files[trained.model_key] = trained.model_file
-    stage("manifest", store_manifest, store, run_id, {"run_id": run_id, "files": files, "test_accuracy": accuracy})
+    comparison = stage("compare-with-production", lambda: with_production(
+        store, decision.production_run_id, splits.y_test, evaluation.y_pred) if decision.production_run_id else None)
+    origin = provenance(started.isoformat())
+    html = stage("report", lambda: render_report(report_input(run_id, params, profile, evaluation, trained, decision,
+                                                               dict(origin, timings_s=timings), plots, comparison)))
+    stage("store", store_run, store, run_id, params, min_accuracy, origin, profile, trained, evaluation, plots,
+          html, decision, timings, None)
     candidate = registry.Candidate(run_id, trained.model_file["sha256"], accuracy)
     result = stage("promote", lambda: registry.promote(store, candidate, min_accuracy=min_accuracy, source="flow"))
     print(json.dumps({"run_id": run_id, "test_accuracy": accuracy, "promoted": result.promoted,

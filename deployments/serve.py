@@ -16,11 +16,11 @@ import json
 import os
 import sys
 
-from flows import plumbing  # noqa: F401  (first: the environment Prefect and TensorFlow read)
 from flows.train_flow import train_flow
 from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.params import parse_params
 from mnist_pipeline.settings import load_settings
+from mnist_pipeline.startup import prepare_process
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 DEPLOYMENT_NAME = "scheduled"
@@ -53,6 +53,7 @@ def deployment_parameters(text: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_process()
     args = build_parser().parse_args(argv)
     try:
         load_settings()  # a bad environment is refused now, not at 02:00

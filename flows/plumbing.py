@@ -8,52 +8,25 @@ production unchanged; 2 = bad parameters or settings; 1 = the run failed, produc
 130/143 = stopped by SIGINT/SIGTERM, production unchanged.
 """
 
+import logging
 import os
 import signal
 import sys
-from pathlib import Path
+import threading
+from contextlib import contextmanager
+from functools import partial
 
-# Before Prefect is imported (it reads its settings once): TensorFlow's C++ chatter is not our
-# log, and the store's retry warnings (logger "mnist_pipeline") belong in the run's log and UI.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "mnist_pipeline")
+from prefect.context import FlowRunContext
+from prefect.exceptions import TerminationSignal
+from prefect.states import Completed, State
+from pydantic import BaseModel
 
-from mnist_pipeline import collector  # noqa: E402
-from mnist_pipeline import ephemeral_server as _server  # noqa: E402  (imports no Prefect)
-
-# `python flows/X.py`: Prefect's temporary server starts now, while this process imports Prefect
-# and TensorFlow (2 s earlier than main() could start it; see mnist_pipeline/ephemeral_server.py),
-# and the garbage collector waits until TensorFlow is imported (mnist_pipeline/collector.py).
-# Until main() takes SIGINT and SIGTERM over, they end the importing process in one line (Ctrl-C
-# printed an import's traceback); the server dies with it.
-def _stopped_while_importing(signum, frame):
-    print(f"error: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
-    os._exit(128 + signum)
-
-
-_entry = getattr(sys.modules.get("__main__"), "__file__", None)
-if _entry and Path(_entry).resolve().parent == Path(__file__).resolve().parent:
-    collector.pause_while_importing()
-    _server.launch_early()
-    for _signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_signum, _stopped_while_importing)
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import threading  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from functools import partial  # noqa: E402
-from typing import Callable  # noqa: E402
-
-from prefect.context import FlowRunContext  # noqa: E402
-from prefect.exceptions import TerminationSignal  # noqa: E402
-from prefect.states import Completed, State  # noqa: E402
-
-from mnist_pipeline import notify  # noqa: E402
-from mnist_pipeline.ephemeral_server import ephemeral_server  # noqa: E402
-from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient  # noqa: E402
-from mnist_pipeline.redaction import install_log_redaction, redact  # noqa: E402
-from mnist_pipeline.settings import load_settings  # noqa: E402
+from mnist_pipeline import collector, notify, startup
+from mnist_pipeline.ephemeral_server import ephemeral_server
+from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient
+from mnist_pipeline.params import command_line, parse_params
+from mnist_pipeline.redaction import install_log_redaction, redact
+from mnist_pipeline.settings import load_settings
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 
@@ -78,8 +51,25 @@ def quiet_expected_tracebacks() -> None:
             logger.addFilter(_ExpectedErrorsWithoutTraceback())
 
 
-quiet_expected_tracebacks()
-install_log_redaction()  # every record, Prefect's too: its console, its API's log table, ours
+def route_package_logs() -> None:
+    """This package's log records (the store's retry warnings, notifications) go where Prefect's
+    own do: the run's log in the UI. What PREFECT_LOGGING_EXTRA_LOGGERS does, but in whatever
+    process runs the flow (a served deployment, a worker's subprocess), not only where that
+    variable was set before Prefect was imported."""
+    logger = logging.getLogger("mnist_pipeline")
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+
+
+def prepare_run() -> None:
+    """First thing in a flow's body, wherever it runs (idempotent): the process prepared, one
+    line for a foreseen failure, this package's logs in the run's log, and every record
+    redacted (Prefect's too: its console, its API's log table, ours)."""
+    startup.prepare_process()
+    quiet_expected_tracebacks()
+    route_package_logs()
+    install_log_redaction()
 
 
 # -- retries and final states ---------------------------------------------------------------------
@@ -294,14 +284,17 @@ def exit_status(state: State) -> int:
     return EXIT_FAILED
 
 
-def main(flow, parser: argparse.ArgumentParser, to_params: Callable[[dict], dict],
-         argv: list[str] | None = None) -> int:
+def main(flow, schema: type[BaseModel], argv: list[str] | None = None) -> int:
     """`python flows/X.py [options]`: run `flow` once with a temporary Prefect server (unless
-    PREFECT_API_URL is set), print one line, exit with the run's status."""
+    PREFECT_API_URL is set), print one line, exit with the run's status. The options are
+    `schema`'s fields (mnist_pipeline/params.py)."""
+    prepare_run()
+    parser = command_line(schema, flow.description, "Exit status: 0 promoted, 3 blocked by the gate, "
+                                                    "2 bad parameters, 1 the run failed, 130/143 stopped.")
     args = vars(parser.parse_args(argv))
     try:
         load_settings()  # fail before any work on a bad environment
-        params = to_params(args)
+        params = parse_params(schema, **args).model_dump()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,6 +1,4 @@
-"""mnist-pipeline's lower layer: settings, store, registry, dataset format."""
-
-from mnist_pipeline import tensorflow_start, threadsafe_ast
-
-threadsafe_ast.install()  # before any of our threads parses (see the module)
-tensorflow_start.prepare()  # before anything imports TensorFlow or Keras
+"""mnist-pipeline's lower layer: settings, the store and its key layout, the dataset format, the
+model, the registry, the run index, retention, the audit, notifications and the CLI. It never
+imports `tasks` or `flows`, and importing it changes nothing in the interpreter: processes
+prepare themselves with explicit calls (mnist_pipeline/startup.py)."""

@@ -21,17 +21,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from mnist_pipeline import registry, retention
-from mnist_pipeline.dataset import CACHE_PREFIX, FILES, LABELS_MAGIC, cached_file, parse_idx
+from mnist_pipeline import keys, registry, retention
+from mnist_pipeline.dataset import FILES, LABELS_MAGIC, cached_file, parse_idx
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.runs import RUNS_PREFIX, valid_run_id
+from mnist_pipeline.runs import valid_run_id
 from mnist_pipeline.store import ArtifactStore, ObjectInfo
 
 SMALL_FILE = 1 << 20  # hashed on a folder store even without --deep: reading them is cheap
-KNOWN_TOP = ("runs/", "registry/", CACHE_PREFIX)
+KNOWN_TOP = keys.TOP_LEVEL
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 NEEDED_BY_PROMOTION = ("t10k-images-idx3-ubyte", TEST_LABELS)
-RUN_EXTRAS = ("manifest.json", "history.json", registry.TOMBSTONE)  # not listed in the manifest
+RUN_EXTRAS = ("manifest.json", "history.json", keys.COLLECTED)  # not listed in the manifest
 RUN_EXTRA_FOLDERS = ("tuning/",)  # a tune run's trials and search report (flows/tune_flow.py)
 
 
@@ -66,13 +66,13 @@ def check_production(store: ArtifactStore, audit: Audit) -> registry.Production 
     audit.count("production")
     _, error = _safe(registry.read_manifest, store, production.run_id)
     if error:
-        audit.problems.append(f"{registry.PRODUCTION_KEY} names run {production.run_id}, but {error}")
+        audit.problems.append(f"{keys.PRODUCTION} names run {production.run_id}, but {error}")
     data, error = _safe(registry.verified_bytes, store, production.model_key, production.model_sha256,
                         "production model")
     if error:
         audit.problems.append(error)
     else:
-        from mnist_pipeline.models import model_from_bytes
+        from mnist_pipeline.model import model_from_bytes
 
         _, error = _safe(model_from_bytes, data, production.model_key)
         if error:
@@ -84,7 +84,7 @@ def check_production(store: ArtifactStore, audit: Audit) -> registry.Production 
         if error:
             audit.problems.append(error)
     if production.history_key and not store.exists(production.history_key):
-        audit.problems.append(f"{registry.PRODUCTION_KEY} names its history record {production.history_key}, "
+        audit.problems.append(f"{keys.PRODUCTION} names its history record {production.history_key}, "
                               "which is missing")
     return production
 
@@ -121,7 +121,7 @@ def check_history(store: ArtifactStore, audit: Audit, production: registry.Produ
     current, stack = replay(records)
     if current != production.run_id or stack != [e.run_id for e in production.stack]:
         audit.problems.append(
-            f"{registry.PRODUCTION_KEY} names {production.run_id} with rollback stack "
+            f"{keys.PRODUCTION} names {production.run_id} with rollback stack "
             f"{[e.run_id for e in production.stack]}, but the history says {current} with {stack}")
 
 
@@ -144,8 +144,8 @@ def _file_problem(store: ArtifactStore, key: str, recorded: dict, listed: Object
 def check_dataset_cache(store: ArtifactStore, audit: Audit, objects: list[ObjectInfo], any_runs: bool):
     """Each cached MNIST file against its pinned SHA-256; the test labels when they verify (the
     accuracy checks use them), else None."""
-    cached = {o.key for o in objects if o.key.startswith(CACHE_PREFIX)}
-    expected = {f"{CACHE_PREFIX}{name}.gz": name for name in FILES}
+    cached = {o.key for o in objects if o.key.startswith(keys.MNIST_CACHE)}
+    expected = {keys.mnist_file(name): name for name in FILES}
     audit.problems += [f"{k}: a foreign object (not one of the four MNIST files)"
                        for k in sorted(cached - set(expected))]
     labels = None
@@ -182,7 +182,7 @@ def _accuracy_problem(store: ArtifactStore, run_id: str, manifest: dict, labels)
         return None
     scored = float(np.mean(predictions == labels))
     if abs(scored - recorded) > 2e-4:
-        return (f"{RUNS_PREFIX}{run_id}/manifest.json records test accuracy {recorded:.4f}, but the run's "
+        return (f"{keys.manifest(run_id)} records test accuracy {recorded:.4f}, but the run's "
                 f"stored predictions score {scored:.4f}")
     return None
 
@@ -194,12 +194,12 @@ def _unfinished_problem(run_id: str, unfinished: list[ObjectInfo]) -> list[str]:
     if not retention.interrupted(unfinished, now):
         return []
     days = (now - max(f.modified for f in unfinished)).total_seconds() / 86400
-    return [f"{RUNS_PREFIX}{run_id}/: an interrupted run (no manifest.json, no file written for {days:.1f} days); "
+    return [f"{keys.run_prefix(run_id)}: an interrupted run (no manifest.json, no file written for {days:.1f} days); "
             "`mnist-pipeline gc` deletes its files"]
 
 
 def check_run(store: ArtifactStore, run_id: str, files: list[ObjectInfo], deep: bool, labels=None) -> list[str]:
-    prefix = f"{RUNS_PREFIX}{run_id}/"
+    prefix = keys.run_prefix(run_id)
     listed = {f.key: f for f in files}
     unfinished = retention.unfinished_files(run_id, files)
     if unfinished is not None:
@@ -233,8 +233,8 @@ def check_run(store: ArtifactStore, run_id: str, files: list[ObjectInfo], deep: 
 def check_runs(store: ArtifactStore, audit: Audit, deep: bool, objects: list[ObjectInfo], labels) -> None:
     by_run: dict[str, list[ObjectInfo]] = {}
     for info in objects:
-        run_id = info.key[len(RUNS_PREFIX):].split("/", 1)[0]
-        if not valid_run_id(run_id) or "/" not in info.key[len(RUNS_PREFIX):]:
+        run_id = info.key[len(keys.RUNS):].split("/", 1)[0]
+        if not valid_run_id(run_id) or "/" not in info.key[len(keys.RUNS):]:
             audit.problems.append(f"{info.key}: a foreign object (not under runs/<run id>/)")
             continue
         by_run.setdefault(run_id, []).append(info)
@@ -248,9 +248,9 @@ def verify(store: ArtifactStore, deep: bool = False) -> Audit:
     audit = Audit()
     everything = store.list_objects("", skipped=audit.problems)  # one listing, shared by the checks below
     production = check_production(store, audit)
-    history = [o.key for o in everything if o.key.startswith(registry.HISTORY_PREFIX)]
+    history = [o.key for o in everything if o.key.startswith(keys.HISTORY)]
     check_history(store, audit, production, history)
-    runs = [o for o in everything if o.key.startswith(RUNS_PREFIX)]
+    runs = [o for o in everything if o.key.startswith(keys.RUNS)]
     labels = check_dataset_cache(store, audit, everything, any_runs=bool(runs))
     check_runs(store, audit, deep, runs, labels)
     audit.problems += [f"{o.key}: a foreign object (not part of the store layout)"

@@ -3,11 +3,8 @@
 `python flows/X.py`, its temporary Prefect server, the `mnist-pipeline` commands that load a model
 and the benchmark's plain pipeline each import TensorFlow or Prefect's server: hundreds of
 thousands of long-lived objects. While they import, the collector runs full passes over all of
-them again and again, and at exit Python runs more passes before it frees them. Measured on
-this project's machine (2 cores, AMD EPYC Zen 3): importing the flow's modules and Keras took
-10.3-10.6 s of CPU, 8.4-8.7 s with the collector paused; Prefect's server application 6.4-6.9 s,
-5.3-5.8 s; the flow's process took 2.4-2.6 s from its last line to its exit, 0.24 s with the
-passes at exit skipped; `mnist-pipeline rollback` 8.8-10.4 s in all, 6.3-6.8 s.
+them again and again, and at exit Python runs more passes before it frees them: seconds of CPU
+per process (docs/performance.md has the figures).
 
 So such a process pauses the collector while it imports, then moves what it imported to the
 collector's permanent generation (`gc.freeze`: never scanned again, still freed by reference

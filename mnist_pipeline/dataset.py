@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mnist_pipeline import keys
 from mnist_pipeline.errors import DatasetError, NotFoundInStore, PipelineError
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
-CACHE_PREFIX = "datasets/mnist/"
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def parse_idx(name: str, raw: bytes, expected_magic: int) -> np.ndarray:
 
 def cached_file(store, name: str) -> bytearray:
     """A verified file from the store's dataset cache (written by the flow's fetch stage)."""
-    key = CACHE_PREFIX + name + ".gz"
+    key = keys.mnist_file(name)
     try:
         gz = store.get(key)
     except NotFoundInStore:

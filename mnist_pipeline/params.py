@@ -1,21 +1,21 @@
-"""Run parameters: one definition shared by the flow signature (the UI's run form), the command
-line and the deployment, so a bad value is refused the same way everywhere, before any work."""
+"""Run parameters, defined once: each flow's signature (and so the Prefect UI's run form), its
+command line and the deployments' defaults are derived from the models below, so a bad value is
+refused the same way everywhere, before any work, and every default lives here only."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Annotated, Literal, NoReturn, Optional
+import inspect
+import types
+import typing
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mnist_pipeline.errors import ConfigError
 
 # What "empty" means for each model, in one place (the command line, the UI's form, the tuner):
-# the README's MLP as written; the cnn's recipe (docs/cnn.md): few epochs of large batches under
-# a one-cycle learning rate. Batch 256 rather than 128: as accurate (0.9950 against 0.9944, seed
-# 42, 6 epochs) with half the steps. Peak 0.004: 0.008 gave the same 0.9950. 10 epochs: with label
-# smoothing one network gained from 7 to 10 (0.9951 to 0.9956, mean of seeds 42-44), and two
-# averaged networks of 10 epochs scored 0.9961-0.9964 where two of 7 scored 0.9955-0.9960.
+# the README's MLP as written; the cnn's recipe, whose choices docs/cnn.md measures.
 MODEL_DEFAULTS = {
     "mlp": {"epochs": 10, "batch_size": 32, "learning_rate": 0.001},
     "cnn": {"epochs": 10, "batch_size": 256, "learning_rate": 0.004},
@@ -30,6 +30,10 @@ ModelKind = Annotated[Literal["mlp", "cnn"], Field(
                 "convolutional networks averaged, random shifts, a one-cycle learning rate: about 99.6% in 10 epochs.")]
 MinAccuracy = Annotated[Optional[float], Field(
     ge=0.0, le=1.0, description="Gate: promote only if test accuracy >= this. Empty: MNIST_MIN_ACCURACY (0.97).")]
+DEFAULT_MAX_REGRESSION = 0.005  # the champion rule's tolerance (mnist_pipeline/registry/gate.py)
+DEFAULT_VALIDATION_SIZE = 5000
+DEFAULT_SEED = 42
+
 MaxRegression = Annotated[float, Field(
     ge=0.0, le=1.0, description="Refuse a candidate whose test accuracy is below production's by more than this.")]
 AllowRegression = Annotated[bool, Field(
@@ -41,17 +45,24 @@ LearningRate = Annotated[Optional[float], Field(
     gt=0.0, le=10.0, description="Peak learning rate. Empty: the model's default (README MLP: Adam at 0.001).")]
 
 
-class TrainParams(BaseModel):
+class _RunParams(BaseModel):
+    """What every run that ends at the gate shares."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelKind = "mlp"
+    min_accuracy: MinAccuracy = None
+    max_regression: MaxRegression = DEFAULT_MAX_REGRESSION
+    allow_regression: AllowRegression = False
+    validation_size: ValidationSize = DEFAULT_VALIDATION_SIZE
+    seed: Seed = DEFAULT_SEED
+
+
+class TrainParams(_RunParams):
+    """A training run (flows/train_flow.py)."""
 
     epochs: Epochs = None
     batch_size: BatchSize = None
-    model: ModelKind = "mlp"
-    min_accuracy: MinAccuracy = None
-    max_regression: MaxRegression = 0.005
-    allow_regression: AllowRegression = False
-    validation_size: ValidationSize = 5000
-    seed: Seed = 42
     learning_rate: LearningRate = None
 
     @model_validator(mode="before")
@@ -76,35 +87,66 @@ TrainLimit = Annotated[Optional[int], Field(
                                   "Empty: all.")]
 
 
-class TuneParams(BaseModel):
-    """A hyperparameter search (flows/tune_flow.py); the gate's parameters as for a training run."""
+class TuneParams(_RunParams):
+    """A hyperparameter search (flows/tune_flow.py), whose best candidate meets the same gate."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: ModelKind = "mlp"
     trials: Trials = 8
     max_parallel: MaxParallel = None
     epochs: TrialEpochs = 3
     algorithm: Algorithm = "random"
-    min_accuracy: MinAccuracy = None
-    max_regression: MaxRegression = 0.005
-    allow_regression: AllowRegression = False
-    validation_size: ValidationSize = 5000
-    seed: Seed = 42
     train_limit: TrainLimit = None
 
 
-def documented_params(summary: str, schema=None):
-    """Give a flow function a Google-style docstring of its parameters, before @flow reads it:
-    Prefect puts the "Args:" section into the parameter schema that the UI's run form shows."""
-    lines = [summary, "", "Args:"]
-    fields = (schema or TrainParams).model_fields
-    lines += [f"    {name}: {field.description}" for name, field in fields.items()]
+def flow_parameters(schema: type[BaseModel], summary: str):
+    """Give a flow function `def f(**parameters)` the signature of `schema`'s fields: Prefect builds
+    the run form and validates a run's parameters from it. Its docstring gets an "Args:" section
+    of the fields' descriptions, which Prefect shows in the form."""
+    fields = schema.model_fields
+    signature = inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
+                          annotation=Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+        for name, field in fields.items()])
 
     def decorate(fn):
-        fn.__doc__ = "\n".join(lines)
+        fn.__signature__ = signature
+        fn.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        fn.__doc__ = "\n".join([summary, "", "Args:", *(f"    {n}: {f.description}" for n, f in fields.items())])
         return fn
     return decorate
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (what is wrong, and where the usage
+    is), exit status 2, instead of its usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _argument_type(annotation) -> type:
+    """int, float or str: the value type of an Optional/Literal/Annotated field, for argparse."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args:
+        return _argument_type(args[0])
+    if typing.get_origin(annotation) is Literal:
+        return type(args[0])
+    return annotation if annotation in (int, float, str) else str
+
+
+def command_line(schema: type[BaseModel], description: str, epilog: str = "") -> argparse.ArgumentParser:
+    """`--name-with-dashes` per field of `schema`, help from its description; an option left out
+    is left out of the result, so the model's default applies (the one place defaults live)."""
+    parser = OneLineArgumentParser(description=description, epilog=epilog, argument_default=argparse.SUPPRESS)
+    for name, field in schema.model_fields.items():
+        flag, help_text = "--" + name.replace("_", "-"), (field.description or "").replace("%", "%%")
+        if field.annotation is bool:
+            parser.add_argument(flag, action="store_true", help=help_text)
+            continue
+        kind = _argument_type(field.annotation)
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal else None
+        parser.add_argument(flag, type=kind, help=help_text + (f" ({'|'.join(choices)})" if choices else ""),
+                            metavar=name.upper())
+    return parser
 
 
 def parse_params(schema=None, /, **values):
@@ -116,11 +158,3 @@ def parse_params(schema=None, /, **values):
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]) or "parameters"
         raise ConfigError(f"parameter {name}={err.get('input')!r} is invalid: {err['msg']}") from None
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """The flows' command line: a bad option is one line naming it and what it wants, exit 2
-    (argparse's own error prints the whole usage first)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")

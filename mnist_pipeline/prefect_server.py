@@ -1,9 +1,8 @@
 """`python -m mnist_pipeline.prefect_server --parent-pid PID [uvicorn's options]`: what `python -m
 uvicorn` does, for Prefect's temporary API server (mnist_pipeline/ephemeral_server.py), with the
-garbage collector paused while the server's application imports (mnist_pipeline/collector.py: its
-CPU on this project's machine 6.4-6.9 s, 5.3-5.8 s paused). The server's start is on the critical
-path of every `python flows/X.py` run, and shares the machine's two cores with that run's own
-imports.
+garbage collector paused while the server's application imports (mnist_pipeline/collector.py).
+The server's start is on the critical path of every `python flows/X.py` run, and shares the
+machine's cores with that run's own imports; it dies with its parent.
 
 The server dies with the run that started it, however that run ends: a run killed by SIGKILL
 left it running (240 MB) with no one to stop it."""

@@ -20,6 +20,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def provenance(started_at: str) -> dict:
+    """Where a run came from, as its manifest and report record it."""
+    from mnist_pipeline.dataset import MNIST_SHA256
+
+    return {"git_commit": git_commit(), "versions": package_versions(), "dataset_sha256": MNIST_SHA256,
+            "started_at": started_at}
+
+
 def git_commit() -> str | None:
     repo = Path(__file__).resolve().parent.parent
     try:

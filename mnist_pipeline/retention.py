@@ -24,9 +24,9 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from mnist_pipeline import registry
+from mnist_pipeline import keys, registry
 from mnist_pipeline.errors import PreconditionFailed, RegistryError
-from mnist_pipeline.runs import RUNS_PREFIX, run_order
+from mnist_pipeline.runs import run_order
 from mnist_pipeline.store import ArtifactStore, ObjectInfo
 
 HEAVY_NAMES = ("model.keras", "predictions.npy")
@@ -39,10 +39,10 @@ INTERRUPTED_AFTER = timedelta(days=1)
 
 def unfinished_files(run_id: str, files: list[ObjectInfo]) -> list[ObjectInfo] | None:
     """A run folder's files when it has no manifest (gc's mark aside), None when it has one."""
-    names = {f.key[len(f"{RUNS_PREFIX}{run_id}/"):] for f in files}
+    names = {f.key[len(keys.run_prefix(run_id)):] for f in files}
     if "manifest.json" in names:
         return None
-    return [f for f in files if f.key != f"{RUNS_PREFIX}{run_id}/{registry.TOMBSTONE}"]
+    return [f for f in files if f.key != keys.collected(run_id)]
 
 
 def interrupted(files: list[ObjectInfo], now: datetime, keep_days: float | None = None) -> bool:
@@ -52,7 +52,7 @@ def interrupted(files: list[ObjectInfo], now: datetime, keep_days: float | None 
 
 
 def is_heavy(run_id: str, key: str, models_too: bool) -> bool:
-    name = key[len(f"{RUNS_PREFIX}{run_id}/"):]
+    name = key[len(keys.run_prefix(run_id)):]
     if name == "model.keras":
         return models_too
     return name in HEAVY_NAMES or name.startswith(HEAVY_FOLDERS)
@@ -86,7 +86,7 @@ def plan(store: ArtifactStore, keep_last: int, keep_days: float | None = None,
     for moment, run_id, indexed in run_order(store):
         files = None
         if not isinstance(indexed, str):  # a run the history does not know: did it finish?
-            files = store.list_objects(f"{RUNS_PREFIX}{run_id}/")
+            files = store.list_objects(keys.run_prefix(run_id))
             unfinished = unfinished_files(run_id, files)
             if unfinished is not None:
                 if interrupted(unfinished, now, keep_days):
@@ -103,7 +103,7 @@ def plan(store: ArtifactStore, keep_last: int, keep_days: float | None = None,
         if keep_days is not None and moment > now - timedelta(days=keep_days):
             result.kept[run_id] = f"younger than {keep_days:g} days"
             continue
-        files = store.list_objects(f"{RUNS_PREFIX}{run_id}/") if files is None else files
+        files = store.list_objects(keys.run_prefix(run_id)) if files is None else files
         heavy = [f for f in files if is_heavy(run_id, f.key, models_too=production is not None)]
         if heavy:
             result.collect[run_id] = heavy
@@ -114,13 +114,13 @@ def _mark(store: ArtifactStore, run_id: str, files: list[ObjectInfo], actor: str
     earlier = registry.collected_files(store, run_id)  # a second gc adds to the first one's list
     body = {"collected_at": datetime.now(timezone.utc).isoformat(), "by": actor,
             "files": {**earlier, **{f.key: f.size for f in files}}}
-    store.put(f"{RUNS_PREFIX}{run_id}/{registry.TOMBSTONE}", json.dumps(body, indent=2).encode(),
+    store.put(keys.collected(run_id), json.dumps(body, indent=2).encode(),
               "application/json")
 
 
 def _unmark(store: ArtifactStore, run_id: str, files: list[ObjectInfo]) -> None:
     left = {k: v for k, v in registry.collected_files(store, run_id).items() if k not in {f.key for f in files}}
-    key = f"{RUNS_PREFIX}{run_id}/{registry.TOMBSTONE}"
+    key = keys.collected(run_id)
     if left:
         store.put(key, json.dumps({"files": left}, indent=2).encode(), "application/json")
     else:
@@ -136,7 +136,7 @@ def _fence(store: ArtifactStore) -> registry.Production | None:
         production = registry.parse_production(data)
         body = dict(production.model_dump(), gc_fence=datetime.now(timezone.utc).isoformat())
         try:
-            store.put_if_match(registry.PRODUCTION_KEY, json.dumps(body, indent=2).encode(), etag)
+            store.put_if_match(keys.PRODUCTION, json.dumps(body, indent=2).encode(), etag)
         except PreconditionFailed:
             continue
         return registry.read_production(store)[0]

@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from mnist_pipeline import registry
+from mnist_pipeline import keys, registry
 from mnist_pipeline.errors import NotFoundInStore, PipelineError, StoreError
 from mnist_pipeline.store import ArtifactStore
 
 log = logging.getLogger("mnist_pipeline.runs")
-RUNS_PREFIX = "runs/"
 
 
 @dataclass
@@ -41,15 +40,15 @@ class RunSummary:
 
 
 def valid_run_id(name: str) -> bool:
-    return bool(registry.RUN_ID.match(name))
+    return bool(keys.RUN_ID.match(name))
 
 
 def run_folders(store: ArtifactStore, prefix: str = "") -> list[str]:
     """Run ids under runs/ (optionally starting with `prefix`); foreign names are skipped with a
     warning (a key like runs/../x, written by something else)."""
-    names = store.list_children(RUNS_PREFIX + prefix)
+    names = store.list_children(keys.RUNS + prefix)
     for bad in (n for n in names if not valid_run_id(n)):
-        log.warning("skipped %s%s/: not a run id", RUNS_PREFIX, bad)
+        log.warning("skipped %s%s/: not a run id", keys.RUNS, bad)
     return [n for n in names if valid_run_id(n)]
 
 
@@ -61,7 +60,7 @@ def resolve_run(store: ArtifactStore, prefix: str) -> str:
     """A run id, or a unique prefix of one (like git): one listing of the matching folders."""
     if not valid_run_id(prefix):
         raise PipelineError(f"{prefix!r} is not a run id; list runs with `mnist-pipeline runs`")
-    if store.exists(registry.manifest_key(prefix)):  # a whole id of a finished run: no listing
+    if store.exists(keys.manifest(prefix)):  # a whole id of a finished run: no listing
         return prefix
     matches = run_folders(store, prefix)
     if prefix in matches:
@@ -121,22 +120,22 @@ def _summary_from(store: ArtifactStore, run_id: str, key: str, record: registry.
                          run.get("started_at"), run.get("model"), run.get("epochs"), record.test_accuracy,
                          "promoted" if record.decision == "promoted" else "blocked", record.reason)
     if not run:  # a record made outside the flow (or before summaries): the manifest has the rest
-        _from_manifest(run_id, _json(store, registry.manifest_key(run_id)) or {}, summary)
+        _from_manifest(run_id, _json(store, keys.manifest(run_id)) or {}, summary)
     return summary
 
 
 def _unindexed_summary(store: ArtifactStore, run_id: str) -> RunSummary | None:
     """A run folder the history does not know: read its manifest, else its files' times (listed
     first: what is at a key but is not a file, a FIFO, is skipped there with a warning)."""
-    files = store.list_objects(f"{RUNS_PREFIX}{run_id}/")
-    key = registry.manifest_key(run_id)
+    files = store.list_objects(keys.run_prefix(run_id))
+    key = keys.manifest(run_id)
     manifest = _json(store, key) if any(f.key == key for f in files) else None
     if manifest is not None:
         moment = _parse_time(manifest.get("finished_at") or manifest.get("started_at"))
         if moment:
             return _from_manifest(run_id, manifest, RunSummary(run_id, moment))
     if not files:
-        log.warning("skipped %s%s/: no run files in it", RUNS_PREFIX, run_id)
+        log.warning("skipped %s%s/: no run files in it", keys.RUNS, run_id)
         return None
     summary = RunSummary(run_id, max(f.modified for f in files), reason="no manifest: the run did not finish")
     return _from_manifest(run_id, manifest or {}, summary)

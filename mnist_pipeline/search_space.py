@@ -1,8 +1,9 @@
 """The hyperparameter search space, declared once: what the oracle samples, what a trial builds,
 and what docs/tuning.md and the tuning report show all come from SPACE below.
 
-Each default reproduces tasks/train.py's model for that kind (the README MLP; the CNN as the
-pipeline trains it), so a search always includes the neighbourhood of what `train_flow` ships.
+Each default reproduces the model the pipeline ships for that kind (mnist_pipeline/model.py: the
+README MLP, the cnn), so a search always includes the neighbourhood of what `train_flow` ships;
+the learning rate and batch size are each model's own (mnist_pipeline/params.py MODEL_DEFAULTS).
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ class Dimension:
 
 
 SPACE: tuple[Dimension, ...] = (
-    Dimension("learning_rate", "float", ("mlp", "cnn"), 1e-3, "Adam learning rate (cnn: the peak of its one-cycle schedule)",
+    Dimension("learning_rate", "float", ("mlp", "cnn"), MODEL_DEFAULTS["mlp"]["learning_rate"], "Adam learning rate (cnn: the peak of its one-cycle schedule)",
               low=1e-4, high=1e-2, log=True),
     Dimension("units", "choice", ("mlp", "cnn"), 128,
               "width: first hidden Dense layer (MLP: the second has half as many)", values=(64, 128, 256, 512)),
     Dimension("dropout", "float", ("mlp", "cnn"), 0.0,
               "dropout after each hidden Dense layer (cnn: after its dense layer)",
               low=0.0, high=0.5, step=0.1),
-    Dimension("batch_size", "choice", ("mlp", "cnn"), 32, "images per gradient step", values=(32, 64, 128, 256)),
+    Dimension("batch_size", "choice", ("mlp", "cnn"), MODEL_DEFAULTS["mlp"]["batch_size"], "images per gradient step", values=(32, 64, 128, 256)),
     Dimension("filters", "choice", ("cnn",), 16, "filters of the first conv block (the second has twice as many)",
               values=(8, 16, 32)),
     Dimension("augment_shift_px", "choice", ("cnn",), 2,
@@ -65,7 +66,7 @@ def dimensions_for(model_kind: str) -> tuple[Dimension, ...]:
 
 
 def default_values(model_kind: str) -> dict:
-    """The hp_values that rebuild tasks/train.py's model for this kind."""
+    """The hp_values that rebuild the shipped model of this kind."""
     values = {d.name: d.default for d in dimensions_for(model_kind)}
     if model_kind == "cnn":
         values.update(CNN_DEFAULTS)

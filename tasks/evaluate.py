@@ -7,10 +7,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from mnist_pipeline.models import predict_probabilities
+from mnist_pipeline.model import predict_probabilities
+from tasks.stage import stage
 
 
 @dataclass
@@ -81,6 +80,6 @@ def top_two(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[:, 0], order[:, 1]
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@stage("evaluate")
 def evaluate_task(model, x_test: np.ndarray, y_test: np.ndarray) -> Evaluation:
     return evaluate_model(model, x_test, y_test)

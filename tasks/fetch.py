@@ -13,15 +13,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
-from mnist_pipeline.dataset import CACHE_PREFIX, FILES, MNIST_SHA256, decompress_and_verify
+from mnist_pipeline import keys
+from mnist_pipeline.dataset import FILES, MNIST_SHA256, decompress_and_verify
 from mnist_pipeline.errors import DatasetError, MirrorUnavailable, NotFoundInStore
 from mnist_pipeline.files import open_regular
 from mnist_pipeline.store import ArtifactStore
+from tasks.stage import stage
 
-__all__ = ["CACHE_PREFIX", "MNIST_SHA256", "fetch_mnist", "fetch_task", "read_mirror"]
+__all__ = ["MNIST_SHA256", "fetch_mnist", "fetch_task", "read_mirror"]
 
 MAX_GZ_BYTES = 64 * 1024 * 1024  # the largest official file is ~10 MB; refuse a runaway download
 MIN_RATE_BYTES_S = 50 * 1024  # below this, once the deadline has passed, a mirror is too slow
@@ -77,7 +78,7 @@ def read_mirror(mirror: str, filename: str, deadline_s: float = 20.0) -> bytes:
 
 def _from_cache(store: ArtifactStore, name: str) -> bytearray | None:
     try:
-        gz = store.get(CACHE_PREFIX + name + ".gz")
+        gz = store.get(keys.mnist_file(name))
     except NotFoundInStore:
         return None
     try:
@@ -121,7 +122,7 @@ def fetch_mnist(store: ArtifactStore, mirrors: tuple[str, ...], deadline_s: floa
             continue
         raw[name], to_cache[name], sources[name] = _from_mirrors(name, mirrors, deadline_s)
     for name, gz in to_cache.items():
-        store.put(CACHE_PREFIX + name + ".gz", gz, "application/gzip")
+        store.put(keys.mnist_file(name), gz, "application/gzip")
     if log:
         log.info("MNIST files: %s", ", ".join(f"{n} <- {s}" for n, s in sources.items()))
     return raw
@@ -129,6 +130,6 @@ def fetch_mnist(store: ArtifactStore, mirrors: tuple[str, ...], deadline_s: floa
 
 # No task retries: every mirror is already tried in order, and the flow retries a transient
 # failure as a whole (bounded: see docs/reliability.md).
-@task(name="fetch", cache_policy=NO_CACHE)
+@stage("fetch")
 def fetch_task(store: ArtifactStore, mirrors: tuple[str, ...], deadline_s: float) -> dict[str, bytearray]:
     return fetch_mnist(store, mirrors, deadline_s, log=get_run_logger())

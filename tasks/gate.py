@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import threading
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.tasks import exponential_backoff
 
 from mnist_pipeline import registry
 from mnist_pipeline.params import TrainParams
 from mnist_pipeline.retry import retry_if_transient
 from mnist_pipeline.store import ArtifactStore
+from tasks.stage import stage
 
 
 def preflight(store: ArtifactStore) -> registry.Production | None:
@@ -35,7 +35,7 @@ def decide(store: ArtifactStore, accuracy: float, params: TrainParams, min_accur
     return registry.gate(accuracy, min_accuracy, production, params.max_regression, params.allow_regression)
 
 
-@task(name="preflight", cache_policy=NO_CACHE)
+@stage("preflight")
 def preflight_task(store: ArtifactStore) -> registry.Production | None:
     production = preflight(store)
     get_run_logger().info("store %s is writable; production: %s", store.url,
@@ -43,7 +43,7 @@ def preflight_task(store: ArtifactStore) -> registry.Production | None:
     return production
 
 
-@task(name="gate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@stage("gate", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def gate_task(store: ArtifactStore, accuracy: float, params: TrainParams, min_accuracy: float) -> registry.GateDecision:
     decision = decide(store, accuracy, params, min_accuracy)
     get_run_logger().info("gate: %s: %s", "promote" if decision.promote else "block", decision.reason)
@@ -56,7 +56,7 @@ PROMOTING = threading.Lock()
 promotions_begun: list[str] = []  # run ids, in this process: a stopped run's exit status reads production
 
 
-@task(name="promote", cache_policy=NO_CACHE, retries=1,
+@stage("promote", retries=1,
       retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_condition_fn=retry_if_transient)
 def promote_task(store: ArtifactStore, candidate: registry.Candidate, params: TrainParams,
                  min_accuracy: float, run_id: str, summary: dict) -> registry.PromotionResult:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.tensors import aligned_empty
 from tasks.validate import MnistArrays
+from tasks.stage import stage
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ def to_unit_float32(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def normalize_and_split(data: MnistArrays, validation_size: int = 5000, seed: int = 42) -> Splits:
+def normalize_and_split(data: MnistArrays, validation_size: int, seed: int) -> Splits:
     n = len(data.x_train)
     if not 0 < validation_size < n:
         raise ConfigError(f"validation_size {validation_size} must be between 1 and {n - 1}")
@@ -49,6 +48,6 @@ def normalize_and_split(data: MnistArrays, validation_size: int = 5000, seed: in
     )
 
 
-@task(name="normalize", cache_policy=NO_CACHE)
+@stage("normalize")
 def normalize_task(data: MnistArrays, validation_size: int, seed: int) -> Splits:
     return normalize_and_split(data, validation_size, seed)

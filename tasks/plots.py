@@ -12,10 +12,9 @@ import io
 import math
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks.evaluate import Evaluation
+from tasks.stage import stage
 
 DPI = 150  # sharp when the report scales a figure to its column, and in print
 MISTAKES_SHOWN = 24
@@ -242,8 +241,7 @@ def mistake_label(true: int, predicted: int, confidence: float,
 
 def digit_grid_figure(images: np.ndarray, titles: list[str], colours: list[str], empty_text: str = ""):
     """Digits in rows of GRID_COLUMNS, each under its title. The cells are placed by arithmetic,
-    not by tight_layout: laying out 24 titled axes that way took 1.5-2 s per grid here, about
-    half of all the plotting."""
+    not by tight_layout, which took about half of all the plotting time (docs/performance.md)."""
     import matplotlib.pyplot as plt
 
     cols = GRID_COLUMNS
@@ -312,7 +310,7 @@ def render_plots(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_te
     }
 
 
-@task(name="plots", cache_policy=NO_CACHE)
+@stage("plots")
 def plots_task(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray,
                min_accuracy: float) -> dict[str, bytes]:
     return render_plots(history, evaluation, x_test, y_test, min_accuracy)

@@ -9,17 +9,17 @@ warning in the log.
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from mnist_pipeline import notify
+from mnist_pipeline import keys, notify
 from mnist_pipeline.redaction import redact, redact_url
 from mnist_pipeline.registry import PromotionResult
 from mnist_pipeline.settings import Settings
 from mnist_pipeline.store import ArtifactStore
 from tasks.report import plural
+from tasks.stage import stage
 
 EVENT_NAMES = {"promoted": "mnist.model.promoted", "blocked": "mnist.promotion.blocked",
                "failed": "mnist.run.failed"}
@@ -27,7 +27,7 @@ EVENT_NAMES = {"promoted": "mnist.model.promoted", "blocked": "mnist.promotion.b
 
 def report_pointer(store: ArtifactStore, run_id: str) -> tuple[str | None, str]:
     """(a URL a browser opens, or None; how a person gets to the report)."""
-    key = f"runs/{run_id}/report.html"
+    key = keys.report(run_id)
     url = store.link(key)
     if url:
         return url, url
@@ -61,7 +61,7 @@ def publish_artifacts(store: ArtifactStore, run_id: str, params: dict, metrics: 
                              key="mnist-run-summary", description=f"{stamp}: key numbers and the decision")
     rows = [{"digit": d, **m} for d, m in metrics["per_class"].items()]
     create_table_artifact(rows, key="mnist-per-class-metrics", description=f"{stamp}: per-class test metrics")
-    link_artifact(store, f"runs/{run_id}/report.html", "mnist-report", f"report.html of {run_id}",
+    link_artifact(store, keys.report(run_id), "mnist-report", f"report.html of {run_id}",
                   f"{stamp}: the full report", open_with=f"mnist-pipeline report {run_id} --open")
 
 
@@ -103,7 +103,7 @@ def outcome_of(run_id: str, result: PromotionResult, accuracy: float, min_accura
                           min_accuracy, production_before)
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+@stage("publish")
 def publish_task(store: ArtifactStore, settings: Settings, run_id: str, params: dict, metrics: dict,
                  outcome: notify.Outcome) -> list[str]:
     """Artifacts, the event, the notification; returns the warnings (never raises)."""

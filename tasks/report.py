@@ -10,11 +10,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import jinja2
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from mnist_pipeline.registry import GateDecision
 from tasks.plots import plot_captions
+from tasks.stage import stage
 
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                           autoescape=True, undefined=jinja2.StrictUndefined)
@@ -39,7 +38,7 @@ class ReportInput:
     metrics: dict  # metrics.json content (tasks/evaluate.py)
     history: dict  # per-epoch lists: loss, accuracy, val_loss, val_accuracy
     training: dict  # {"seconds": float, "weights": str, "model_summary": str (Keras model.summary text), "parameters": int}
-    decision: dict  # {"promoted": bool, "reason": str, "min_accuracy": float, "production_run_id": str|None, "production_accuracy": float|None}
+    decision: dict  # decision_view(): the gate's decision (registry.gate.GateDecision.to_json()) and "promoted"
     provenance: dict  # {"git_commit": str|None, "versions": {name: version}, "dataset_sha256": {file: sha}, "timings_s": {stage: seconds}, "started_at": iso str}
     plots: dict  # file name -> PNG bytes (from tasks.plots.render_plots)
     # {"production_run_id", "production_accuracy", "candidate_accuracy", "only_candidate_right": int,
@@ -60,11 +59,9 @@ def render_report(inp: ReportInput) -> bytes:
     figures = {name: {"uri": _data_uri(inp.plots[name]), "caption": plot_captions[name]} for name in known}
     extra = [{"name": name, "uri": _data_uri(png), "caption": name}
              for name, png in inp.plots.items() if name not in plot_captions]
-    accuracy = inp.metrics["test_accuracy"]
     html = _ENV.get_template("report.html.j2").render(
         inp=inp, m=inp.metrics, figures=figures, extra_figures=extra,
-        verdict=verdict(inp.decision, accuracy, inp.params),
-        checks=gate_checks(inp.decision, accuracy, inp.params),
+        verdict=verdict(inp.decision), checks=inp.decision.get("checks") or [],
         comparison=comparison_view(inp.comparison, inp.metrics.get("per_class")) if inp.comparison else None,
         parameters=parameter_rows(inp.params, inp.decision["min_accuracy"]),
         timings=timing_rows(inp.provenance.get("timings_s") or {}),
@@ -90,63 +87,16 @@ def _readable_time(iso: str | None) -> str | None:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def verdict(decision: dict, accuracy: float, params: dict) -> dict:
-    """One headline and one reason, every comparison in it to 4 decimals.
-
-    The reason is said in the gate's own terms (threshold, then the champion rule) when the
-    numbers account for the decision; anything else (a race lost at the conditional write, a
-    rule this report does not know) shows the gate's reason as given, without the "promotion
-    blocked:" that the headline already says."""
+def verdict(decision: dict) -> dict:
+    """One headline and one reason: the gate's own explanation (mnist_pipeline/registry/gate.py),
+    or, for a decision the gate did not make (a race lost at the conditional write), its reason
+    as given, without the "promotion blocked:" that the headline already says."""
     promoted = bool(decision["promoted"])
-    threshold = decision["min_accuracy"]
-    production = decision.get("production_accuracy")
-    max_regression = params.get("max_regression")
-    shortfall = None if production is None else production - accuracy
-    within = None if shortfall is None or max_regression is None else shortfall <= max_regression + 1e-12
-    reason = None
-    if not promoted and accuracy < threshold:
-        reason = f"test accuracy {accuracy:.4f} < threshold {threshold:.4f}"
-    elif promoted and accuracy >= threshold:
-        reason = f"test accuracy {accuracy:.4f} ≥ threshold {threshold:.4f}"
-        if production is None:
-            pass
-        elif shortfall <= 0:
-            reason += f" and ≥ production {production:.4f}"
-        elif within:
-            reason += f" and within {max_regression:.4f} of production {production:.4f}"
-        elif within is False and params.get("allow_regression"):
-            reason += f"; {shortfall:.4f} below production {production:.4f}, allowed on purpose"
-        else:
-            reason = None
-    elif not promoted and within is False and not params.get("allow_regression"):
-        reason = (f"test accuracy {accuracy:.4f} is {shortfall:.4f} below production "
-                  f"{production:.4f}, more than the allowed {max_regression:.4f}")
-    if reason is None:
-        reason = re.sub(r"^\s*promotion blocked:\s*", "", decision.get("reason") or "", flags=re.I)
+    reason = decision.get("explanation") or re.sub(r"^\s*promotion blocked:\s*", "", decision.get("reason") or "",
+                                                   flags=re.I)
     return {"promoted": promoted,
             "headline": "Promoted to production" if promoted else "Not promoted: production unchanged",
             "reason": reason}
-
-
-def gate_checks(decision: dict, accuracy: float, params: dict) -> list[dict]:
-    """The comparisons the gate makes, each with its numbers to 4 decimals; ok is None when
-    this report cannot tell (no max_regression among the parameters)."""
-    threshold = decision["min_accuracy"]
-    passed = accuracy >= threshold
-    checks = [{"rule": "threshold", "text": f"{accuracy:.4f} {'≥' if passed else '<'} {threshold:.4f}",
-               "ok": passed}]
-    production = decision.get("production_accuracy")
-    if production is not None:
-        delta = accuracy - production
-        max_regression = params.get("max_regression")
-        text = f"{accuracy:.4f} vs production {production:.4f} ({delta:+.4f}"
-        text += f"; allowed regression {max_regression:.4f})" if max_regression is not None else ")"
-        ok = None if max_regression is None else bool(delta >= -max_regression - 1e-12)
-        if ok is False and params.get("allow_regression"):
-            text += ", regression allowed on purpose"
-            ok = True
-        checks.append({"rule": "champion", "text": text, "ok": ok})
-    return checks
 
 
 def comparison_view(comparison: dict, per_class: dict | None = None) -> dict:
@@ -221,7 +171,12 @@ def model_summary(model) -> tuple[str, int]:
     return "\n".join(lines), int(model.count_params())
 
 
-def report_input(run_id: str, params, min_accuracy: float, profile: dict, evaluation, trained,
+def decision_view(decision: GateDecision) -> dict:
+    """What the report shows of a decision: the gate's checks and explanation, as JSON."""
+    return dict(decision.to_json(), promoted=decision.promote)
+
+
+def report_input(run_id: str, params, profile: dict, evaluation, trained,
                  decision: GateDecision, provenance: dict, plots: dict, comparison: dict | None) -> ReportInput:
     summary, count = model_summary(trained.model)
     return ReportInput(
@@ -229,14 +184,12 @@ def report_input(run_id: str, params, min_accuracy: float, profile: dict, evalua
         history=trained.history,
         training={"seconds": trained.train_seconds, "weights": trained.weights, "model_summary": summary,
                   "parameters": count},
-        decision={"promoted": decision.promote, "reason": decision.reason, "min_accuracy": min_accuracy,
-                  "production_run_id": decision.production_run_id,
-                  "production_accuracy": decision.production_accuracy},
+        decision=decision_view(decision),
         provenance=provenance, plots=plots,
         comparison=comparison_input(comparison, decision.production_accuracy))
 
 
-@task(name="compare-with-production", cache_policy=NO_CACHE)
+@stage("compare-with-production")
 def compare_task(store, production_run_id: str | None, y_test, y_pred) -> dict | None:
     """This run against the production model on the same test images (None without one)."""
     from mnist_pipeline.comparison import with_production
@@ -244,6 +197,6 @@ def compare_task(store, production_run_id: str | None, y_test, y_pred) -> dict |
     return with_production(store, production_run_id, y_test, y_pred) if production_run_id else None
 
 
-@task(name="report", cache_policy=NO_CACHE)
+@stage("report")
 def report_task(inp: ReportInput) -> bytes:
     return render_report(inp)

@@ -3,14 +3,14 @@ decision (mnist_pipeline.retention). A failure here is a warning: the run's outc
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from mnist_pipeline import retention
 from mnist_pipeline.store import ArtifactStore
+from tasks.stage import stage
 
 
-@task(name="retention", cache_policy=NO_CACHE)
+@stage("retention")
 def retention_task(store: ArtifactStore, keep_last: int, run_id: str) -> list[str]:
     log = get_run_logger()
     try:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from mnist_pipeline.dataset import IMAGES_MAGIC, LABELS_MAGIC, parse_idx
 from mnist_pipeline.errors import DatasetError
+from tasks.stage import stage
 
 __all__ = ["IMAGES_MAGIC", "LABELS_MAGIC", "MnistArrays", "parse_idx", "validate_mnist", "validate_task"]
 EXPECTED_COUNTS = {"train": 60_000, "t10k": 10_000}
@@ -59,6 +58,6 @@ def validate_mnist(raw: dict[str, bytes]) -> tuple[MnistArrays, dict]:
     return MnistArrays(xtr, ytr, xte, yte), profile
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+@stage("validate")
 def validate_task(raw: dict[str, bytes]) -> tuple[MnistArrays, dict]:
     return validate_mnist(raw)

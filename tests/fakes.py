@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline import registry
-from mnist_pipeline.dataset import CACHE_PREFIX
-from mnist_pipeline.models import model_to_bytes
+from mnist_pipeline import keys, registry
+from mnist_pipeline.model import model_to_bytes
 from mnist_pipeline.store import ArtifactStore, file_record
 
 
@@ -41,7 +40,7 @@ class ZooModel:
 def model_zoo(mirror: Path, noise_levels=(0.0, 0.6, 1.5, 40.0)) -> list[ZooModel]:
     """Nearest-class-mean classifiers (about 82% accurate), then the same with more and more
     noise in the weights: a range of accuracies, deterministic, no training."""
-    from mnist_pipeline.models import predict_probabilities
+    from mnist_pipeline.model import predict_probabilities
 
     x = read_idx(mirror, "train-images-idx3-ubyte", 16).reshape(-1, 784)[:20000] / 255.0
     y = read_idx(mirror, "train-labels-idx1-ubyte", 8)[:20000]
@@ -60,8 +59,8 @@ def model_zoo(mirror: Path, noise_levels=(0.0, 0.6, 1.5, 40.0)) -> list[ZooModel
 
 def cache_test_set(store: ArtifactStore, mirror: Path) -> None:
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        if not store.exists(CACHE_PREFIX + name + ".gz"):
-            store.put(CACHE_PREFIX + name + ".gz", (mirror / f"{name}.gz").read_bytes())
+        if not store.exists(keys.mnist_file(name)):
+            store.put(keys.mnist_file(name), (mirror / f"{name}.gz").read_bytes())
 
 
 def store_run(store: ArtifactStore, run_id: str, zoo_model: ZooModel, *, minutes_ago: float = 0,
@@ -93,7 +92,7 @@ def store_run(store: ArtifactStore, run_id: str, zoo_model: ZooModel, *, minutes
                 "gate": {"promoted": decide == "promoted", "reason": "stored by the test"}}
     store.put(prefix + "manifest.json", json.dumps(manifest).encode())
     if decide:
-        key = f"{registry.HISTORY_PREFIX}{started.strftime('%Y%m%dT%H%M%S.%fZ')}-{run_id}.json"
+        key = f"{keys.HISTORY}{started.strftime('%Y%m%dT%H%M%S.%fZ')}-{run_id}.json"
         registry.write_history(store, {"run_id": run_id, "decision": decide, "test_accuracy": zoo_model.accuracy,
                                        "reason": "stored by the test", "source": "flow",
                                        "run": {"started_at": started.isoformat(), "model": model, "epochs": epochs}},

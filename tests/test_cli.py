@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline import registry
+from mnist_pipeline import keys, registry
 from mnist_pipeline.cli import main
 from tests.fakes import cache_test_set, model_zoo, read_idx, store_run
 
@@ -178,10 +178,10 @@ DAMAGES = {
                                      _edit_json(s, "runs/run-d/manifest.json", test_accuracy=0.999)),
     "production model swapped": lambda s, z: s.put("runs/run-b/model.keras", z[2].data),
     "production model garbage": lambda s, z: s.put("runs/run-b/model.keras", b"garbage"),
-    "production.json not JSON": lambda s, z: s.put(registry.PRODUCTION_KEY, b"{oops"),
-    "production.json {}": lambda s, z: s.put(registry.PRODUCTION_KEY, b"{}"),
-    "production.json null": lambda s, z: s.put(registry.PRODUCTION_KEY, b"null"),
-    "production.json string accuracy": lambda s, z: _edit_json(s, registry.PRODUCTION_KEY, test_accuracy="0.9"),
+    "production.json not JSON": lambda s, z: s.put(keys.PRODUCTION, b"{oops"),
+    "production.json {}": lambda s, z: s.put(keys.PRODUCTION, b"{}"),
+    "production.json null": lambda s, z: s.put(keys.PRODUCTION, b"null"),
+    "production.json string accuracy": lambda s, z: _edit_json(s, keys.PRODUCTION, test_accuracy="0.9"),
     "history record not JSON": lambda s, z: s.put(registry.history_keys(s)[-1], b"not json"),
     "history record without fields": lambda s, z: s.put(registry.history_keys(s)[-1], b'{"run_id": "run-b"}'),
 }
@@ -217,12 +217,12 @@ PRODUCTION_USERS = [["promote", "run-a"], ["promote", "run-d"], ["rollback"], ["
 def test_a_damaged_store_never_changes_production_and_every_error_is_one_line(runs, cli, zoo, damage):
     assert cli("promote", "run-b").code == 0
     DAMAGES[damage](runs, zoo)
-    before = runs.get(registry.PRODUCTION_KEY)
+    before = runs.get(keys.PRODUCTION)
     for args in USERS.get(damage, PRODUCTION_USERS):
         result = cli(*args)
         line = error_line(result)  # exactly one line, no traceback (the fixture checks)
         assert result.code in (1, 3), (args, result.output)
-        assert runs.get(registry.PRODUCTION_KEY) == before, (damage, args, result.output)
+        assert runs.get(keys.PRODUCTION) == before, (damage, args, result.output)
         if result.code == 1:
             assert line.startswith("error: "), line
     audit = cli("verify")

@@ -10,6 +10,8 @@ from PIL import Image
 
 from mnist_pipeline.digits import centre_of_mass, load_digit
 
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
+
 
 @pytest.fixture(scope="module")
 def mnist_digits(mnist_mirror):

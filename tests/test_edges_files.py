@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline import registry
-from mnist_pipeline.dataset import CACHE_PREFIX
+from mnist_pipeline import keys, registry
 from mnist_pipeline.store import LocalStore, file_record
 from tests.conftest import REPO
 from tests.fakes import cache_test_set, model_zoo, store_run
@@ -299,7 +298,7 @@ def test_verify_finds_a_model_of_the_same_size_swapped_in_that_promote_would_ref
 def test_verify_checks_the_dataset_cache_and_the_others_name_the_cached_file(store, env, tmp_path):
     assert registry.promote(store, registry.stored_candidate(store, "run-b"), min_accuracy=0.5,
                             allow_regression=True).promoted  # so that rollback has somewhere to go
-    key = CACHE_PREFIX + "t10k-labels-idx1-ubyte.gz"
+    key = keys.MNIST_CACHE + "t10k-labels-idx1-ubyte.gz"
     labels = bytearray(gzip.decompress(store.get(key)))
     labels[8] = (labels[8] + 1) % 10  # one test label changed, still a valid gzip of a valid IDX file
     store.put(key, gzip.compress(bytes(labels)))
@@ -382,9 +381,9 @@ def test_a_bad_flow_option_is_one_line_naming_it_exit_2(tmp_path):
     ("tune_flow", ["--model"], "error: argument --model: expected one argument"),
 ])
 def test_both_flows_parsers_say_one_line(capsys, module, argv, line):
-    import importlib
+    from mnist_pipeline.params import TrainParams, TuneParams, command_line
 
-    parser = importlib.import_module(f"flows.{module}").build_parser()
+    parser = command_line(TrainParams if module == "train_flow" else TuneParams, "x")
     with pytest.raises(SystemExit) as stopped:
         parser.parse_args(argv)
     assert stopped.value.code == 2

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from tasks.evaluate import evaluate_model, per_class_metrics, predict_probabilities, top_two, wilson_interval
-from tasks.train import build_model
+from mnist_pipeline.model import build_model
+
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
 
 
 def test_wilson_interval_known_values():
@@ -24,7 +26,7 @@ def test_per_class_metrics_from_a_confusion_matrix():
 
 
 def test_batched_eager_prediction_matches_keras_predict():
-    model = build_model("mlp", 0.001)
+    model = build_model("mlp")
     x = np.random.default_rng(0).random((2500, 28, 28), dtype=np.float32)  # 2.5 batches
     probs = predict_probabilities(model, x, batch_size=1000)
     assert probs.shape == (2500, 10)

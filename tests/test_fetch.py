@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from mnist_pipeline import keys
 from mnist_pipeline.errors import DatasetError, MirrorUnavailable
-from tasks.fetch import CACHE_PREFIX, MNIST_SHA256, fetch_mnist
+from tasks.fetch import MNIST_SHA256, fetch_mnist
 from tests.conftest import REPO, free_port
 from tests.faults import DrippingMirror
 
@@ -43,7 +44,7 @@ def test_fetch_from_local_mirror_caches_to_s3_then_refetches_without_mirror(s3_s
     raw = fetch_mnist(s3_store, (str(mnist_mirror),))
     assert sorted(raw) == sorted(MNIST_SHA256)
     assert len(raw["train-images-idx3-ubyte"]) == 16 + 60000 * 784
-    assert s3_store.list(CACHE_PREFIX) == sorted(CACHE_PREFIX + f for f in FILES)
+    assert s3_store.list(keys.MNIST_CACHE) == sorted(keys.MNIST_CACHE + f for f in FILES)
     gone = str(tmp_path / "no-such-mirror")
     assert fetch_mnist(s3_store, (gone,)) == raw  # the verified cache alone serves the run
 
@@ -52,7 +53,7 @@ def test_fetch_over_http_and_fall_through_a_dead_mirror(local_store, http_mirror
     dead = f"http://127.0.0.1:{free_port()}/mnist/"
     raw = fetch_mnist(local_store, (dead, http_mirror), deadline_s=5)
     assert len(raw["t10k-labels-idx1-ubyte"]) == 8 + 10000
-    assert len(local_store.list(CACHE_PREFIX)) == 4
+    assert len(local_store.list(keys.MNIST_CACHE)) == 4
 
 
 def test_mirror_without_the_file_falls_through_to_the_next(local_store, mirror_copy, mnist_mirror):
@@ -63,14 +64,14 @@ def test_mirror_without_the_file_falls_through_to_the_next(local_store, mirror_c
 
 def test_a_damaged_cache_entry_is_refetched(local_store, mnist_mirror):
     fetch_mnist(local_store, (str(mnist_mirror),))
-    local_store.put(CACHE_PREFIX + FILES[0], b"garbage")
+    local_store.put(keys.MNIST_CACHE + FILES[0], b"garbage")
     raw = fetch_mnist(local_store, (str(mnist_mirror),))
     assert len(raw[FILES[0][:-3]]) == 16 + 60000 * 784
-    assert gzip.decompress(local_store.get(CACHE_PREFIX + FILES[0])) == raw[FILES[0][:-3]]
+    assert gzip.decompress(local_store.get(keys.MNIST_CACHE + FILES[0])) == raw[FILES[0][:-3]]
 
 
 def _assert_nothing_cached(store):
-    assert store.list(CACHE_PREFIX) == []
+    assert store.list(keys.MNIST_CACHE) == []
 
 
 def test_truncated_gz_is_a_clear_error_and_nothing_is_cached(s3_store, mirror_copy):

@@ -16,6 +16,8 @@ from tasks.plots import (confident_mistakes, confusion_figure, epoch_ticks, erro
                          format_probability, learning_curves_figure, mistake_label,
                          per_class_figure, per_class_ylim, plot_captions, render_plots)
 
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
+
 
 def history_of(epochs: int) -> dict:
     rng = np.random.default_rng(epochs)

@@ -42,6 +42,7 @@ def test_an_expected_error_is_logged_in_one_line_and_an_unexpected_one_with_its_
 
     from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
+    plumbing.quiet_expected_tracebacks()  # what every flow's body does first (plumbing.prepare_run)
     logger = logging.getLogger("prefect.task_runs")
     with temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}), \
             caplog.at_level(logging.ERROR, logger="prefect.task_runs"):

@@ -14,6 +14,8 @@ from mnist_pipeline.settings import load_settings
 from tasks.publish import summary_markdown
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
+
 METRICS = {"test_accuracy": 0.9698, "test_accuracy_ci95": [0.966, 0.973], "test_loss": 0.1,
            "test_errors": 302, "test_samples": 10000}
 

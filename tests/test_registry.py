@@ -7,17 +7,17 @@ import threading
 
 import pytest
 
-from mnist_pipeline import registry
+from mnist_pipeline import keys, registry
 from mnist_pipeline import store as store_module
 from mnist_pipeline.errors import DamagedRegistry, PreconditionFailed, RegistryError, StoreError, UnsafeModel
-from mnist_pipeline.models import model_to_bytes
+from mnist_pipeline.model import model_to_bytes
 from tests.conftest import assert_promotions_chain
 from tests.fakes import ZooModel, cache_test_set, model_zoo, store_run
 
 
 # -- gate rules (pure) ----------------------------------------------------------------------------
 def prod(run_id, acc):
-    return registry.Production(run_id=run_id, test_accuracy=acc, model_key=registry.model_key(run_id),
+    return registry.Production(run_id=run_id, test_accuracy=acc, model_key=keys.model(run_id),
                                model_sha256="0" * 64, promoted_at="2026-01-01T00:00:00+00:00")
 
 
@@ -65,7 +65,7 @@ def promote(store, run_id, **kw):
 
 
 def production_bytes(store):
-    return store.get(registry.PRODUCTION_KEY)
+    return store.get(keys.PRODUCTION)
 
 
 def test_first_promotion_then_blocked_then_better(store, runs):
@@ -159,7 +159,7 @@ def test_a_damaged_production_json_is_one_line_and_never_overwritten(store, runs
     if content is None:
         current = json.loads(production_bytes(store))
         content = json.dumps(dict(current, test_accuracy="0.98")).encode()
-    store.put(registry.PRODUCTION_KEY, content)
+    store.put(keys.PRODUCTION, content)
     with pytest.raises(DamagedRegistry) as err:
         promote(store, "a")
     message = str(err.value)
@@ -214,7 +214,7 @@ class FailingHistoryWrites:
         return getattr(self._store, name)
 
     def put_if_absent(self, key, data, content_type="application/json"):
-        if key.startswith(registry.HISTORY_PREFIX):
+        if key.startswith(keys.HISTORY):
             raise StoreError(f"cannot create {key} in the store: No space left on device")
         return self._store.put_if_absent(key, data, content_type)
 
@@ -241,10 +241,10 @@ def test_a_stale_etag_is_refused_and_the_loser_decides_again(store, runs, monkey
             raced.append(1)
             body = dict(json.loads(data), run_id="a", model_key="runs/a/model.keras",
                         model_sha256=registry.sha256(st.get("runs/a/model.keras")))
-            st.put_if_match(registry.PRODUCTION_KEY, json.dumps(body).encode(), etag)
+            st.put_if_match(keys.PRODUCTION, json.dumps(body).encode(), etag)
         return data, etag
 
-    monkeypatch.setattr(registry, "read_production_raw", read_then_race)
+    monkeypatch.setattr(registry.promotion, "read_production_raw", read_then_race)  # where promote reads it
     result = promote(store, "c", allow_regression=True)
     assert result.promoted and result.production["previous_run_id"] == "a"
 

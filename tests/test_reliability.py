@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline import registry
-from mnist_pipeline.models import model_from_bytes
+from mnist_pipeline import keys, registry
+from mnist_pipeline.model import model_from_bytes
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
 from tests.conftest import REPO, assert_promotions_chain, prefect_home, production_of
@@ -105,14 +105,14 @@ def test_sigkill_during_training_leaves_production_alone_and_a_rerun_succeeds(fa
     env, _, store = faulty
     first = FlowProcess(FLOW + ["--epochs", "1", "--min-accuracy", "0.9"], REPO, env)
     assert first.wait() == 0, first.output[-3000:]
-    before = store.get(registry.PRODUCTION_KEY)
+    before = store.get(keys.PRODUCTION)
     history_before = registry.read_history(store)
 
     victim = FlowProcess(FLOW + ["--epochs", "6", "--min-accuracy", "0.9"], REPO, env)
     victim.wait_for("epoch 2/6")
     victim.kill()
     print("FAULTS SIGKILL during training")
-    assert store.get(registry.PRODUCTION_KEY) == before
+    assert store.get(keys.PRODUCTION) == before
     assert_production_is_whole(store)
     assert registry.read_history(store) == history_before
     killed_runs = {k.split("/")[1] for k in store.list("runs/")} - {json.loads(before)["run_id"]}

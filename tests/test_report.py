@@ -10,8 +10,11 @@ import pytest
 from mnist_pipeline.registry import GateDecision
 from tasks.evaluate import Evaluation, per_class_metrics
 from tasks.plots import plot_captions, render_plots
-from tasks.report import (ReportInput, comparison_view, gate_checks, parameter_rows, plural,
-                          render_report, timing_rows, verdict)
+from mnist_pipeline import registry
+from tasks.report import (ReportInput, comparison_view, decision_view, parameter_rows, plural, render_report,
+                          timing_rows, verdict)
+
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
 
 COMMIT = "eee6e0ca8a009c61ecbd0047f9539a3da85330b3"
 SHA = {"train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -65,9 +68,18 @@ def report_input(plots, *, accuracy: float, decision: dict, comparison=None, epo
     return ReportInput(**fields)
 
 
-def blocked_decision(**extra) -> dict:
-    return dict({"promoted": False, "reason": "promotion blocked: 0.970 < 0.970", "min_accuracy": 0.97,
-                 "production_run_id": None, "production_accuracy": None}, **extra)
+def champion(run_id: str, accuracy: float) -> registry.Production:
+    return registry.Production(run_id=run_id, test_accuracy=accuracy, model_key=f"runs/{run_id}/model.keras",
+                               model_sha256="0" * 64, promoted_at="2026-11-25T10:00:00+00:00")
+
+
+def decided(accuracy: float, production: registry.Production | None = None, **options) -> dict:
+    """The report's view of the gate's own decision (mnist_pipeline/registry/gate.py)."""
+    return decision_view(registry.gate(accuracy, 0.97, production, **options))
+
+
+def blocked_decision() -> dict:
+    return decided(0.9698)
 
 
 def body_text(html: str, model_summary: bool = True) -> str:
@@ -127,8 +139,7 @@ def comparison(better: str, worse: str) -> dict:
 
 
 def test_a_promoted_run_compares_with_production_class_by_class(plots):
-    decision = {"promoted": True, "reason": "0.9790 >= 0.970 and >= production 0.9772", "min_accuracy": 0.97,
-                "production_run_id": "3972e4fb-9a11-43b6-9b2d-54907c9122a7", "production_accuracy": 0.9772}
+    decision = decided(0.9790, champion("3972e4fb-9a11-43b6-9b2d-54907c9122a7", 0.9772))
     html = render_report(report_input(plots, accuracy=0.9790, decision=decision, epochs=12,
                                       comparison=comparison(better="3", worse="5"))).decode()
     text = body_text(html)
@@ -144,25 +155,32 @@ def test_a_promoted_run_compares_with_production_class_by_class(plots):
 
 
 def test_without_predictions_of_production_the_report_says_so(plots):
-    decision = blocked_decision(production_run_id="3972e4fb-9a11-43b6-9b2d-54907c9122a7", production_accuracy=0.9772)
+    decision = decided(0.9698, champion("3972e4fb-9a11-43b6-9b2d-54907c9122a7", 0.9772))
     text = body_text(render_report(report_input(plots, accuracy=0.9698, decision=decision)).decode())
     assert "Compared with production" in text and "mnist-pipeline compare" in text
 
 
 def test_the_verdict_explains_the_champion_rule_with_four_decimals():
-    decision = {"promoted": False, "min_accuracy": 0.97, "production_run_id": "p", "production_accuracy": 0.9905,
-                "reason": "promotion blocked: 0.9801 is below production p (0.9905) by more than 0.005"}
-    v = verdict(decision, 0.9801, {"max_regression": 0.005})
+    decision = decided(0.9801, champion("p", 0.9905), max_regression=0.005)
+    assert decision["reason"] == "promotion blocked: 0.9801 is below production p (0.9905) by more than 0.005"
+    v = verdict(decision)
     assert v["reason"] == "test accuracy 0.9801 is 0.0104 below production 0.9905, more than the allowed 0.0050"
-    checks = gate_checks(decision, 0.9801, {"max_regression": 0.005})
+    checks = decision["checks"]
     assert [(c["rule"], c["ok"]) for c in checks] == [("threshold", True), ("champion", False)]
     assert checks[1]["text"] == "0.9801 vs production 0.9905 (-0.0104; allowed regression 0.0050)"
+
+
+def test_an_allowed_regression_is_explained_as_such():
+    decision = decided(0.9801, champion("p", 0.9905), max_regression=0.005, allow_regression=True)
+    assert decision["promoted"] and verdict(decision)["reason"] == (
+        "test accuracy 0.9801 ≥ threshold 0.9700; 0.0104 below production 0.9905, allowed on purpose")
+    assert decision["checks"][1]["text"].endswith(", regression allowed on purpose") and decision["checks"][1]["ok"]
 
 
 def test_a_reason_the_numbers_do_not_explain_is_shown_as_the_gate_gave_it():
     decision = {"promoted": False, "min_accuracy": 0.97, "production_run_id": None, "production_accuracy": None,
                 "reason": "promotion blocked: production kept changing (5 conditional writes refused)"}
-    v = verdict(decision, 0.98, {"max_regression": 0.005})
+    v = verdict(decision)
     assert v["reason"] == "production kept changing (5 conditional writes refused)" and not v["promoted"]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_pipeline import registry, retention
+from mnist_pipeline import keys, registry, retention
 from mnist_pipeline.cli import main
 from mnist_pipeline.errors import RegistryError
-from mnist_pipeline.models import model_from_bytes
+from mnist_pipeline.model import model_from_bytes
 from tests.fakes import cache_test_set, model_zoo, store_run
 
 HEAVY = ("model.keras", "predictions.npy", "plots/confusion_matrix.png")
@@ -100,13 +100,13 @@ def test_a_promotion_that_read_production_before_the_fence_decides_again_and_is_
     and deletes; the promotion's conditional write is refused, it decides again, sees the mark."""
     store = six_runs
     candidate = registry.stored_candidate(store, "r3")
-    real_verify = registry._verify_candidate_bytes
+    real_verify = registry.promotion._verify_candidate_bytes
 
     def gc_runs_now(st, cand):
         real_verify(st, cand)
         retention.collect(st, retention.plan(st, keep_last=1), actor="gc", echo=lambda _: None)
 
-    monkeypatch.setattr(registry, "_verify_candidate_bytes", gc_runs_now)
+    monkeypatch.setattr(registry.promotion, "_verify_candidate_bytes", gc_runs_now)
     before = registry.read_production(store)[0].run_id
     with pytest.raises(RegistryError, match="run r3's model was deleted by `mnist-pipeline gc`"):
         registry.promote(store, candidate, min_accuracy=0.5, allow_regression=True)
@@ -124,6 +124,6 @@ def test_the_flow_s_retention_step_collects_and_never_fails_the_run(six_runs, mo
     with disable_run_logger():
         assert retention_task.fn(six_runs, 2, "run-x") == []
         assert "model.keras" not in files_of(six_runs, "r3")
-        six_runs.put(registry.PRODUCTION_KEY, b"{damaged")
+        six_runs.put(keys.PRODUCTION, b"{damaged")
         warnings = retention_task.fn(six_runs, 2, "run-x")
     assert len(warnings) == 1 and warnings[0].startswith("retention (MNIST_KEEP_LAST=2) failed: DamagedRegistry")

@@ -3,6 +3,8 @@ import pytest
 from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.settings import PUBLIC_MIRRORS, load_settings
 
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
+
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):

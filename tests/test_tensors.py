@@ -5,6 +5,8 @@ import pytest
 
 from mnist_pipeline.tensors import TF_ALIGNMENT, aligned_empty, as_tensor, is_shareable
 
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
+
 
 @pytest.mark.parametrize("shape,dtype", [((3, 28, 28), np.float32), ((7,), np.uint8), ((5, 3), np.float64)])
 def test_aligned_empty_starts_on_the_boundary_tensorflow_checks(shape, dtype):

@@ -1,13 +1,15 @@
 """mnist_pipeline/threadsafe_ast.py, in fresh processes: eight threads parse (as NumPy does for
 every .npy header) while the collector runs finalizers that hand the interpreter to another
 thread. On this Python (3.11.7) that fails with "AST constructor recursion depth mismatch"
-without the guard, as `mnist-pipeline verify` did in one CI run; in a process that imported
-mnist_pipeline it never does."""
+without the guard, as `mnist-pipeline verify` did in one CI run; in a process prepared as every
+entry point prepares it (startup.prepare_process) it never does."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+
+import pytest
 
 from mnist_pipeline import threadsafe_ast
 from tests.conftest import REPO
@@ -15,7 +17,8 @@ from tests.conftest import REPO
 HARNESS = """
 import ast, gc, sys, threading, time
 if sys.argv[1] == "pipeline":
-    import mnist_pipeline
+    from mnist_pipeline import startup
+    startup.prepare_process()
 
 class HandsOver:
     def __del__(self):
@@ -67,7 +70,8 @@ def test_parsing_from_many_threads_never_fails_in_a_pipeline_process():
 
 FORK_WHILE_A_THREAD_PARSES = """
 import ast, os, threading, time
-from mnist_pipeline import threadsafe_ast  # importing the package installs the guard
+from mnist_pipeline import threadsafe_ast
+threadsafe_ast.install()
 
 parsing, done = threading.Event(), threading.Event()
 def parse_slowly():  # a thread in the middle of a parse, as the fork happens
@@ -97,3 +101,29 @@ done.set()
 def test_a_child_forked_while_another_thread_parses_can_parse():
     proc = fresh_python(FORK_WHILE_A_THREAD_PARSES)
     assert proc.stdout.strip() == "child exit 0", (proc.stdout, proc.stderr[-2000:])
+
+
+ENTRY_POINT_TAKES_TURNS = """
+import ast, sys
+entry = sys.argv[1]
+if entry == "cli":
+    from mnist_pipeline.cli import main
+    main(["--help"])
+elif entry == "flow":
+    from flows import plumbing
+    plumbing.prepare_run()
+elif entry == "serve":
+    from deployments import serve
+    try:
+        serve.main(["--help"])
+    except SystemExit:
+        pass
+print(getattr(ast.parse, "takes_turns", False))
+"""
+
+
+@pytest.mark.parametrize("entry", ["cli", "flow", "serve"])
+def test_every_entry_point_installs_the_guard(entry):
+    proc = fresh_python(ENTRY_POINT_TAKES_TURNS, entry)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(threadsafe_ast.AFFECTED)

@@ -7,25 +7,26 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.errors import TrainingDiverged
-from mnist_pipeline.models import model_from_bytes
+from mnist_pipeline.model import model_from_bytes
 from mnist_pipeline.params import TrainParams
 from tasks.fetch import MNIST_SHA256
 from tasks.normalize import Splits, normalize_and_split
 from tasks.evaluate import predict_probabilities
 from mnist_pipeline.params import MODEL_DEFAULTS
-from tasks.train import build_model, plain_logs, shipped_model, train_model, training_targets
+from mnist_pipeline.model import build_model, plain_logs, shipped_model, training_targets
+from tasks.train import train_model
 from tasks.validate import validate_mnist
 
 
 @pytest.fixture(scope="module")
 def small(mnist_mirror) -> Splits:
     raw = {n: gzip.decompress((mnist_mirror / f"{n}.gz").read_bytes()) for n in MNIST_SHA256}
-    s = normalize_and_split(validate_mnist(raw)[0])
+    s = normalize_and_split(validate_mnist(raw)[0], 5000, 42)
     return Splits(s.x_train[:3000], s.y_train[:3000], s.x_val[:500], s.y_val[:500], s.x_test, s.y_test)
 
 
 def test_the_default_model_is_the_readme_mlp():
-    model = build_model("mlp", 0.001)
+    model = build_model("mlp")
     dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"]
     assert [d.units for d in dense] == [128, 64, 10]
     assert [d.activation.__name__ for d in dense] == ["relu", "relu", "softmax"]
@@ -41,7 +42,7 @@ def test_each_model_has_its_own_defaults_and_the_mlps_are_the_readmes():
 
 
 def test_cnn_option_averages_two_networks_that_share_their_first_conv_block():
-    model = build_model("cnn", 0.004, total_steps=1000)
+    model = build_model("cnn", total_steps=1000)
     kinds = [layer.__class__.__name__ for layer in model.layers]
     assert kinds[1:3] == ["Reshape", "RandomTranslation"]
     assert kinds.count("Conv2D") == 3 and kinds.count("BatchNormalization") == 5  # one stem, two members
@@ -57,12 +58,12 @@ def test_cnn_option_averages_two_networks_that_share_their_first_conv_block():
 
 
 def test_cnn_members_learn_from_their_own_smoothed_losses_and_the_average_is_only_watched():
-    model = build_model("cnn", 0.004, 1000, {"members": 3})
+    model = build_model("cnn", 1000, {"members": 3})
     assert set(model.output) == {"member_0", "member_1", "member_2", "ensemble"}
     config = model.get_compile_config()
     assert config["loss_weights"] == {"member_0": 1.0, "member_1": 1.0, "member_2": 1.0, "ensemble": 0.0}
     assert {loss["config"]["label_smoothing"] for loss in config["loss"].values()} == {0.1}
-    single = build_model("cnn", 0.004, 1000, {"members": 1})
+    single = build_model("cnn", 1000, {"members": 1})
     assert list(single.output) == ["ensemble"] and shipped_model(single).output.shape == (None, 10)
     targets = training_targets(model, np.array([3, 0], dtype=np.uint8))
     assert set(targets) == set(model.output) and targets["member_0"].tolist()[0] == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
@@ -86,7 +87,7 @@ def test_cnn_curves_are_the_shipped_models_whatever_the_number_of_members(keras_
 def test_cnn_learning_rate_is_one_cycle_over_the_given_steps():
     import keras
 
-    config = build_model("cnn", 0.004, total_steps=1000).optimizer.get_config()["learning_rate"]
+    config = build_model("cnn", total_steps=1000).optimizer.get_config()["learning_rate"]
     schedule = keras.optimizers.schedules.deserialize(config)  # a built-in: saved and loaded with the model
     rates = [float(schedule(step)) for step in (0, 200, 600, 1000)]
     assert rates[0] == pytest.approx(0.0004) and rates[1] == pytest.approx(0.004)  # warm-up to the peak

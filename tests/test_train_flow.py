@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline import registry
-from mnist_pipeline.models import model_from_bytes
+from mnist_pipeline import keys, registry
+from mnist_pipeline.model import model_from_bytes
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
 from tests.conftest import REPO, free_port, prefect_home, production_of, s3_environment
@@ -105,7 +105,7 @@ def test_manifest_metrics_and_report_tell_the_whole_story(default_run):
     assert low < metrics["test_accuracy"] < high
     assert np.asarray(metrics["confusion_matrix"]).sum() == 10000
     assert set(metrics["per_class"]) == {str(d) for d in range(10)}
-    html = store.get(f"runs/{run_id}/report.html").decode()
+    html = store.get(keys.report(run_id)).decode()
     assert html.count("data:image/png;base64,") == 5 and "src=\"http" not in html
     assert "Promoted to production" in html and f"{metrics['test_accuracy']:.4f}" in html
 
@@ -113,7 +113,7 @@ def test_manifest_metrics_and_report_tell_the_whole_story(default_run):
 def test_unreachable_threshold_exits_3_keeps_production_and_stores_the_report(default_run, flow_env):
     """Also: a notification URL that nobody answers is a warning, never a different outcome."""
     _, store = default_run
-    before = store.get(registry.PRODUCTION_KEY)
+    before = store.get(keys.PRODUCTION)
     dead = f"json://notify-user:n0tify-s3cret@127.0.0.1:{free_port()}/"
     proc = run_flow(dict(flow_env, MNIST_NOTIFY_URL=dead), "--epochs", "1", "--min-accuracy", "0.999")
     assert proc.returncode == 3, proc.stderr[-3000:]
@@ -121,7 +121,7 @@ def test_unreachable_threshold_exits_3_keeps_production_and_stores_the_report(de
     assert "Finished in state Blocked('promotion blocked: " in proc.stdout + proc.stderr
     assert "failed (not delivered); the run's outcome is unchanged" in proc.stdout + proc.stderr
     assert "n0tify-s3cret" not in proc.stdout + proc.stderr
-    assert store.get(registry.PRODUCTION_KEY) == before
+    assert store.get(keys.PRODUCTION) == before
     blocked = registry.read_history(store)[-1]
     assert blocked["decision"] == "blocked" and "< 0.999" in blocked["reason"]
     html = store.get(f"runs/{blocked['run_id']}/report.html").decode()

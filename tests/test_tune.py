@@ -17,9 +17,10 @@ import pytest
 
 from mnist_pipeline.search_space import (SPACE, default_values, dimensions_for,
                                          hyperparameters_for, space_table)
-from tasks.tune import (COMPLETED, FAILED, DataSource, SearchFailed, best_record, build_tuned_model,
-                        drive_search, failed_outcome, make_oracle, render_search_report, run_trial,
-                        search_summary, table_rows, trial_epochs)
+from mnist_pipeline.model import build_model
+from tasks.search import SearchFailed, best_record, drive_search, failed_outcome, make_oracle
+from tasks.search_report import render_search_report, search_summary, table_rows
+from tasks.trial import COMPLETED, FAILED, DataSource, run_trial, trial_epochs
 from tests.conftest import REPO, free_port, prefect_home
 from tests.faults import FlowProcess, stop_process_groups
 
@@ -27,14 +28,18 @@ from tests.faults import FlowProcess, stop_process_groups
 # -- the search space ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_defaults_rebuild_the_pipelines_model(kind):
-    """The space's defaults are tasks/train.py's model: a search always covers what train_flow ships."""
-    from tasks.train import build_model
+def test_the_spaces_defaults_are_the_shipped_recipe(kind):
+    """A search always covers what train_flow ships: the space's defaults are each model's own
+    learning rate and batch size, and the model it builds from them is the shipped one."""
+    from mnist_pipeline.params import MODEL_DEFAULTS
 
-    tuned, shipped = build_tuned_model(kind, default_values(kind)), build_model(kind, 1e-3)
-    assert [type(layer).__name__ for layer in tuned.layers] == [type(layer).__name__ for layer in shipped.layers]
-    assert tuned.count_params() == shipped.count_params()
-    assert tuned.optimizer.use_ema == shipped.optimizer.use_ema
+    values = default_values(kind)
+    assert {k: values[k] for k in ("learning_rate", "batch_size")} == {
+        k: MODEL_DEFAULTS[kind][k] for k in ("learning_rate", "batch_size")}
+    model = build_model(kind, 1, values)
+    assert model.name == f"mnist_{kind}" and model.optimizer.use_ema == (kind == "mlp")
+    if kind == "mlp":  # the README model: 784x128 + 128x64 + 64x10 weights and their biases
+        assert model.count_params() == 109_386
 
 
 def test_space_is_declared_once_and_sampled_within_bounds():
@@ -169,13 +174,13 @@ def test_report_has_trials_table_and_score_plots():
 
 @pytest.fixture(scope="module")
 def data_source(mnist_mirror, tmp_path_factory):
-    return DataSource(str(tmp_path_factory.mktemp("store")), (str(mnist_mirror),), train_limit=512)
+    return DataSource(str(tmp_path_factory.mktemp("store")), (str(mnist_mirror),), 5000, 42, train_limit=512)
 
 
 def test_trial_scores_on_validation_split(data_source):
     # 4096 images x 2 epochs = 256 steps: enough for the weights' moving average (momentum 0.99)
     # to leave the initial weights behind.
-    source = DataSource(data_source.store_url, data_source.mirrors, train_limit=4096)
+    source = DataSource(data_source.store_url, data_source.mirrors, 5000, 42, train_limit=4096)
     record = run_trial(default_values("mlp"), "mlp", 2, 42, source)
     assert record["status"] == COMPLETED, record["error"]
     assert 0.5 < record["val_accuracy"] <= 1.0 and record["worker"] == "local" and record["seconds"] > 0
@@ -188,7 +193,7 @@ def test_nan_loss_is_a_failed_trial_not_an_exception(data_source):
 
 
 def test_trial_error_is_recorded_in_one_line(tmp_path):
-    bad = DataSource(str(tmp_path / "empty-store"), (str(tmp_path / "no-mirror"),))
+    bad = DataSource(str(tmp_path / "empty-store"), (str(tmp_path / "no-mirror"),), 5000, 42)
     record = run_trial(default_values("mlp"), "mlp", 1, 42, bad)
     assert record["status"] == FAILED and "\n" not in record["error"] and "mirror" in record["error"]
 

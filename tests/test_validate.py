@@ -9,6 +9,8 @@ from mnist_pipeline.errors import DatasetError
 from tasks.fetch import MNIST_SHA256
 from tasks.validate import validate_mnist
 
+pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
+
 
 @pytest.fixture(scope="module")
 def raw(mnist_mirror):

@@ -20,6 +20,7 @@ from mnist_pipeline.cli import common
 from mnist_pipeline.cli.common import app, err
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.redaction import install_log_redaction, redact
+from mnist_pipeline.startup import prepare_process
 
 __all__ = ["app", "main", "manage", "review", "use"]
 
@@ -58,6 +59,7 @@ def _one_line(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The console script: every way out is one line and an exit status, never a traceback
     (MNIST_DEBUG=1 shows the traceback of an unexpected error)."""
+    prepare_process()
     _setup_logging()
     command = typer.main.get_command(app)
     try:

@@ -116,8 +116,7 @@ one_off_process = False
 
 def load_keras_quietly() -> None:
     """TensorFlow without its start-up lines; in a one-off process, with the garbage collector
-    paused while it imports and skipped at exit (mnist_pipeline/collector.py): `rollback` on an
-    empty store took 8.8-10.4 s on this project's machine, 6.3-6.8 s so."""
+    paused while it imports and skipped at exit (mnist_pipeline/collector.py; docs/performance.md)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if one_off_process:
         collector.pause_while_importing()

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from mnist_pipeline import audit, registry, retention
+from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
 from mnist_pipeline.cli.common import EXIT_BLOCKED, app, err, load_keras_quietly, say, settings_and_store, warn
 from mnist_pipeline.runs import resolve_run
 
@@ -29,7 +30,7 @@ def promote(
     run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
     reason: str = REASON,
     min_accuracy: Optional[float] = MIN_ACCURACY,
-    max_regression: float = typer.Option(0.005, min=0.0, max=1.0),
+    max_regression: float = typer.Option(DEFAULT_MAX_REGRESSION, min=0.0, max=1.0),
     allow_regression: bool = typer.Option(False, "--allow-regression"),
     force: bool = typer.Option(False, "--force", help="Replace a damaged production.json or production "
                                "model (its bytes are kept in the history record); the threshold still applies."),

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from mnist_pipeline import registry
+from mnist_pipeline import keys, registry
 from mnist_pipeline.cli.common import app, iso, out, print_table, save, say, settings_and_store, warn
 from mnist_pipeline.comparison import compare_predictions, stored_predictions
 from mnist_pipeline.dataset import load_test_labels
@@ -80,7 +80,7 @@ def report(
     """Save a run's report.html (and open it), or print a link to it."""
     _, store = settings_and_store()
     run_id = resolve_run(store, run)
-    key = f"runs/{run_id}/report.html"
+    key = keys.report(run_id)
     if not store.exists(key):
         raise PipelineError(f"run {run_id} has no report.html (the run did not finish)")
     if url:
@@ -131,9 +131,9 @@ def compare(run_a: str = typer.Argument(...), run_b: str = typer.Argument(...)) 
 
 def _manifest(store, run_id: str) -> dict:
     try:
-        value = json.loads(store.get(registry.manifest_key(run_id)))
+        value = json.loads(store.get(keys.manifest(run_id)))
     except NotFoundInStore:
         return {}
     except ValueError:
-        raise PipelineError(f"{registry.manifest_key(run_id)} is not JSON; `mnist-pipeline verify` checks it") from None
+        raise PipelineError(f"{keys.manifest(run_id)} is not JSON; `mnist-pipeline verify` checks it") from None
     return value if isinstance(value, dict) else {}

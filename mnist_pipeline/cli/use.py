@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from mnist_pipeline import registry
+from mnist_pipeline import keys, registry
 from mnist_pipeline.cli.common import app, err, load_keras_quietly, out, save, say, settings_and_store
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.runs import resolve_run
@@ -26,7 +26,7 @@ def verified_model_bytes(store, which: str) -> tuple[str, bytes]:
                                                           "production model")
     run_id = resolve_run(store, which)
     manifest, _ = registry.read_manifest(store, run_id)
-    key = registry.model_key(run_id)
+    key = keys.model(run_id)
     if registry.collected(store, run_id):
         raise PipelineError(f"run {run_id}'s model was deleted by `mnist-pipeline gc`")
     return run_id, registry.verified_bytes(store, key, manifest["files"][key]["sha256"], f"model of run {run_id}")
@@ -54,7 +54,7 @@ def predict(
     MNIST's own were: grayscale, inverted if dark on light, cropped to the digit, its longest
     side scaled to 20 px, centred by centre of mass in 28x28."""
     from mnist_pipeline.digits import load_digit
-    from mnist_pipeline.models import model_from_bytes, predict_probabilities
+    from mnist_pipeline.model import model_from_bytes, predict_probabilities
 
     _, store = settings_and_store()
     run_id, data = verified_model_bytes(store, run or "production")

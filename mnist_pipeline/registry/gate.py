@@ -1,0 +1,72 @@
+"""The gate: the rule that decides whether a candidate may replace production, and its
+explanation. Pure. The flow, `promote` and the report use this one rule; the report shows the
+checks it made and its explanation instead of deriving them again.
+
+The rule: the threshold always (test accuracy >= min_accuracy); then the champion rule (no worse
+than production by more than max_regression), unless regression is allowed on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
+from mnist_pipeline.registry.schema import Production
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison the gate made, its numbers to 4 decimals; `ok` False blocks."""
+
+    rule: str  # "threshold" | "champion"
+    text: str  # e.g. "0.9790 ≥ 0.9700"
+    ok: bool
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str  # the decision in one line, as logs, history records and the CLI say it
+    min_accuracy: float
+    production_run_id: str | None = None
+    production_accuracy: float | None = None
+    checks: tuple[Check, ...] = field(default=())
+    explanation: str = ""  # the reason for a reader, in the report's words
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def gate(accuracy: float, min_accuracy: float, production: Production | None,
+         max_regression: float = DEFAULT_MAX_REGRESSION, allow_regression: bool = False) -> GateDecision:
+    """The decision for a candidate scoring `accuracy`, against the threshold and the model in
+    production (None: nothing is)."""
+    prod_id = production.run_id if production else None
+    prod_acc = production.test_accuracy if production else None
+    above = accuracy >= min_accuracy
+    checks = [Check("threshold", f"{accuracy:.4f} {'≥' if above else '<'} {min_accuracy:.4f}", above)]
+    explained = f"test accuracy {accuracy:.4f} {'≥' if above else '<'} threshold {min_accuracy:.4f}"
+    reason = f"{accuracy:.4f} >= {min_accuracy:.4f}" if above else f"promotion blocked: {accuracy:.4f} < {min_accuracy:.4f}"
+    champion_ok = True
+    if prod_acc is not None:
+        shortfall = prod_acc - accuracy
+        within = shortfall <= max_regression + 1e-12
+        champion_ok = within or allow_regression
+        text = f"{accuracy:.4f} vs production {prod_acc:.4f} ({-shortfall:+.4f}; allowed regression {max_regression:.4f})"
+        checks.append(Check("champion", text + (", regression allowed on purpose" if not within and allow_regression
+                                                else ""), champion_ok))
+        if above and shortfall <= 0:
+            explained += f" and ≥ production {prod_acc:.4f}"
+            reason += f" and >= production {prod_acc:.4f}"
+        elif above and within:
+            explained += f" and within {max_regression:.4f} of production {prod_acc:.4f}"
+            reason += f" and within {max_regression:g} of production {prod_acc:.4f}"
+        elif above and allow_regression:
+            explained += f"; {shortfall:.4f} below production {prod_acc:.4f}, allowed on purpose"
+            reason += f"; regression from {prod_acc:.4f} allowed on purpose"
+        elif above:
+            explained = (f"test accuracy {accuracy:.4f} is {shortfall:.4f} below production {prod_acc:.4f}, "
+                         f"more than the allowed {max_regression:.4f}")
+            reason = (f"promotion blocked: {accuracy:.4f} is below production {prod_id} ({prod_acc:.4f}) "
+                      f"by more than {max_regression:g}")
+    return GateDecision(above and champion_ok, reason, min_accuracy, prod_id, prod_acc, tuple(checks), explained)
