@@ -15,12 +15,12 @@ import typer
 # Typer 0.29 vendors its own copy of click: its exceptions are not `click`'s.
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-from mnist_pipeline.cli import review, manage, use  # noqa: I001 (the order of --help)
+from mnist_pipeline.cli import review, manage, use, data  # noqa: I001 (the order of --help)
 from mnist_pipeline.cli import common
 from mnist_pipeline.cli.common import app, err
 from mnist_pipeline.errors import PipelineError
 
-__all__ = ["app", "main", "manage", "review", "use"]
+__all__ = ["app", "data", "main", "manage", "review", "use"]
 
 
 class _WarningLines(logging.Handler):
