@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mnist_pipeline import keys
 from mnist_pipeline.errors import DatasetError, NotFoundInStore, PipelineError
+from mnist_pipeline.run_inputs import ranges
 from mnist_pipeline.store import ArtifactStore, ObjectInfo, file_record
 
 log = logging.getLogger("mnist_pipeline.data_versions")
@@ -161,7 +162,7 @@ def select(store: ArtifactStore, up_to: int | None) -> list[VersionManifest]:
     latest = versions[-1].version if versions else 0
     if up_to > latest:
         raise DatasetError(f"data_version {up_to}: the store {store.url} has "
-                           f"{f'versions 1-{latest}' if latest else 'no ingested version'}; "
+                           f"{ranges([v.version for v in versions]) if versions else 'no ingested version'}; "
                            "`mnist-pipeline data` lists them")
     return [v for v in versions if v.version <= up_to]
 

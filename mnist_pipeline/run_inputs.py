@@ -43,7 +43,8 @@ def data_differences(mine: list[dict], theirs: list[dict]) -> list[str]:
         out.append(f"data: {ranges(dropped)} no longer used")
     replaced = sorted(n for n in set(ours) & set(production) if ours[n]["sha256"] != production[n]["sha256"])
     if replaced:
-        out.append(f"data: {ranges(replaced)} hold other images than production's run saw")
+        out.append(f"data: {ranges(replaced)} hold{'' if len(replaced) > 1 else 's'} other images than production's "
+                   "run saw")
     return out
 
 
