@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from mnist_pipeline import data_versions, keys, registry
 from mnist_pipeline.cli import main
 from tests.digit_images import write_folder
 from tests.fakes import cache_test_set, model_zoo, store_run
+from tests.test_cli import CLI
 from tests.test_report import body_text
 from tests.test_train_flow import flow_env, run_flow, store_for  # noqa: F401 (flow_env: a fixture)
 
@@ -63,6 +65,9 @@ def test_the_next_run_learns_from_the_version_and_is_judged_on_its_holdout(story
     text = body_text(store.get(keys.report(run_id)).decode())
     assert f"this run {new_data['accuracy']:.4f}" in text and f"{before['accuracy']:.4f}" in text
     assert "New data" in text and "rendered fonts" in text
+    listing = subprocess.run([CLI, "runs"], env=flow_env, capture_output=True, text=True, timeout=60)
+    row = next(line.split("\t") for line in listing.stdout.splitlines() if line.startswith(run_id))
+    assert row[5:] == ["blocked", "", f"{new_data['accuracy']:.4f} ({before['accuracy']:.4f})"]
 
 
 def test_an_unchanged_run_ends_at_once_storing_nothing_and_a_missing_version_is_one_line(story, flow_env):
@@ -70,6 +75,14 @@ def test_an_unchanged_run_ends_at_once_storing_nothing_and_a_missing_version_is_
     trained = run_flow(flow_env, *SHORT)
     assert trained.returncode == 0, trained.stderr[-3000:]
     production = registry.read_production(store)[0].run_id
+    blocked = [r["run_id"] for r in registry.read_history(store) if r["decision"] == "blocked"][-1]
+    compared = subprocess.run([CLI, "compare", blocked, production], env=flow_env, capture_output=True, text=True,
+                              timeout=120)
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in compared.stdout.splitlines()}
+    (a, b) = (json.loads(store.get(keys.metrics(r)))["new_data"]["accuracy"] for r in (blocked, production))
+    assert rows["data versions"] == ["1", "1", ""]
+    assert rows["new-data accuracy"] == [f"{a:.4f}", f"{b:.4f}", f"{b - a:+.4f}"]
+    assert rows["new-data holdout images"] == ["60", "60", ""]
     runs, history = store.list_children(keys.RUNS), registry.history_keys(store)
     unchanged = run_flow(flow_env, *SHORT, "--skip-unchanged")
     assert unchanged.returncode == 0, unchanged.stderr[-3000:]

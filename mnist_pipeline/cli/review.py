@@ -36,10 +36,10 @@ def runs(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> None
         out.print_json(json.dumps([s.to_json() for s in summaries]))
         return
     rows = [[s.run_id, iso(s.started_at or s.time), s.model or "-", str(s.epochs or "-"), _acc(s.test_accuracy),
-             _new_data(s.new_data_accuracy, s.production_new_data_accuracy), s.decision, "*" if s.production else ""]
+             s.decision, "*" if s.production else "", _new_data(s.new_data_accuracy, s.production_new_data_accuracy)]
             for s in summaries]
-    print_table(f"Runs in {store.url}", ["run id", "started (UTC)", "model", "epochs", "test acc", "new data (prod before)",
-                                         "gate", "prod"], rows, right={"epochs", "test acc"})
+    print_table(f"Runs in {store.url}", ["run id", "started (UTC)", "model", "epochs", "test acc", "gate", "prod",
+                                         "new data (prod before)"], rows, right={"epochs", "test acc"})
     if not complete:
         warn(f"showing the newest {len(summaries)} runs that reached a decision; --limit N for more, "
              "--all for every run (also those that did not finish)")
