@@ -6,7 +6,7 @@ a new dataset version (mnist_pipeline/data_versions.py).
 
 A bad file is one line naming it and the rest are still ingested; `strict` refuses the whole input
 instead. Preparing runs in a process pool when there are enough images for it to pay
-(bench/ingest.py measures both).
+(bench/data.py measures both).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ DEFAULT_HOLDOUT = 0.2
 DIGITS = tuple(str(d) for d in range(10))
 MAX_IMAGES = 200_000  # per version: 157 MB of prepared images; more is several ingests
 MAX_CSV_BYTES = 64 * 2**20
-POOL_FROM = 2000  # images: below this a pool's start costs more than it saves (bench/ingest.py)
+# A pool's start (about 0.4 s for two workers) pays from about 4,000 small images (bench/data.py,
+# docs/data.md), or from fewer when they are large: photos take far longer each to decode.
+POOL_FROM_IMAGES, POOL_FROM_BYTES = 4000, 32 * 2**20
 PUBLISH_ATTEMPTS = 20  # versions other ingests may create meanwhile, each decided against again
 FORMAT_HINT = "give a folder with one subfolder per digit (0/ ... 9/) of PNG or JPEG images, or a CSV of path,label"
 
@@ -136,11 +138,21 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+def _total_bytes(paths: list[str]) -> int:
+    total = 0
+    for path in paths:
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            pass  # prepare() says what is wrong with it
+    return total
+
+
 def prepare_all(paths: list[str], workers: int | None = None) -> list[tuple[bytes | None, str | None]]:
     """Each path prepared, in order: in this process for a few, else in a pool of one worker per
     core, each a fresh process (spawned: not a copy of this one's threads) that dies with this one."""
     workers = workers or os.cpu_count() or 1
-    if len(paths) < POOL_FROM or workers < 2:
+    if workers < 2 or (len(paths) < POOL_FROM_IMAGES and _total_bytes(paths) < POOL_FROM_BYTES):
         return [prepare(p) for p in paths]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with,
                              initargs=(os.getpid(),)) as pool:

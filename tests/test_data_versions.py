@@ -14,6 +14,8 @@ from mnist_pipeline import audit, data_versions, keys
 from mnist_pipeline.data_versions import RECORD
 from mnist_pipeline.errors import DatasetError, PreconditionFailed
 
+pytestmark = pytest.mark.unit  # a folder store, no server, no training: `make test-unit`
+
 
 def records(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -28,7 +30,6 @@ def publish(store, n: int, version: int, seed: int = 0):
                                  created_by="test@here", source="/data", note="", holdout_fraction=0.2, seed=42)
 
 
-@pytest.mark.unit
 def test_the_images_file_round_trips_and_a_lying_header_is_refused_before_any_allocation():
     data = data_versions.encode(records(30))
     assert (data_versions.decode(data, "k", 30) == records(30)).all()

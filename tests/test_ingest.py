@@ -250,7 +250,7 @@ def test_sigkill_while_preparing_stores_nothing_and_leaves_no_worker_behind(env,
     """Killed while its pool prepares 3,000 images: nothing under datasets/ingested/, and the
     pool's processes end with it."""
     folder = write_folder(tmp_path / "many", 300, seed=5)
-    child = ingest_child(env, folder)
+    child = ingest_child(env, folder, "import mnist_pipeline.ingest as i\ni.POOL_FROM_IMAGES = 0  # a pool however few")
     parent = psutil.Process(child.pid)
     workers = []
     deadline = time.monotonic() + 60
