@@ -92,7 +92,21 @@ def test_an_unchanged_run_ends_at_once_storing_nothing_and_a_missing_version_is_
     assert "Finished in state Unchanged(" in unchanged.stdout + unchanged.stderr
     assert "Task run 'fetch" not in unchanged.stdout + unchanged.stderr
     assert store.list_children(keys.RUNS) == runs and registry.history_keys(store) == history
+    listing = subprocess.run([CLI, "data"], env=flow_env, capture_output=True, text=True, timeout=60)
+    assert listing.stdout.splitlines()[1].split("\t")[-1] == "*"  # production was trained on it
     missing = run_flow(flow_env, *SHORT, "--data-version", "2", "--skip-unchanged")
     errors = [out for out in missing.stderr.splitlines() if out.startswith("error:")]
     assert missing.returncode == 1 and errors == [
         f"error: run failed: data_version 2: the store {store.url} has version 1; `mnist-pipeline data` lists them"]
+
+
+def test_verify_names_a_version_production_was_trained_on_that_is_gone(story, flow_env):
+    """Versions are never deleted by the pipeline; one deleted by hand is a problem `verify` names."""
+    store, version = story
+    clean = subprocess.run([CLI, "verify"], env=flow_env, capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0 and "1 dataset versions" in clean.stdout, clean.stdout + clean.stderr
+    production = registry.read_production(store)[0].run_id
+    store.delete(keys.data_version(1))
+    audit = subprocess.run([CLI, "verify"], env=flow_env, capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 1 and audit.stdout.splitlines() == [
+        f"data version 1, which run {production} (production or its rollback stack) was trained on, is missing"]
