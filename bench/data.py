@@ -159,11 +159,13 @@ def main() -> None:
         ingest = bench_ingest(args.images, work)
         print(f"ingest {ingest['images']:,} images: `mnist-pipeline ingest` {min(ingest['cli_wall_s']):.2f} s "
               f"({ingest['cli_images_per_s']:,} images/s, runs {ingest['cli_wall_s']}); in-process with the pool "
-              f"{ingest['pool_s']:.2f} s ({ingest['pool_images_per_s']:,}/s), in one process {ingest['one_process_s']:.2f} s "
+              f"{ingest['pool_s']:.2f} s ({ingest['pool_images_per_s']:,}/s), in one process "
+              f"{ingest['one_process_s']:.2f} s "
               f"({ingest['one_process_images_per_s']:,}/s); target >= 1,000 images/s")
         nights = bench_nights(args.mirror, args.nights, work)
         t, u = nights["training_night"], nights["unchanged_nights"]
-        print(f"training night (MLP, 10 epochs): {t['from_pending_s']:.2f} s from Pending, {t['running_s']:.2f} s running "
+        print(f"training night (MLP, 10 epochs): {t['from_pending_s']:.2f} s from Pending, "
+              f"{t['running_s']:.2f} s running "
               f"({t['state']})")
         print(f"unchanged nights: {[n['from_pending_s'] for n in u]} s from Pending, {[n['running_s'] for n in u]} s "
               f"running ({', '.join(n['state'] for n in u)}); median/training: {nights['ratio_from_pending']} from "

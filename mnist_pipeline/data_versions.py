@@ -197,7 +197,8 @@ def publish(store: ArtifactStore, records: np.ndarray, version: int, **meta) -> 
 
 
 # -- the audit and retention ----------------------------------------------------------------------
-def orphans(objects: list[ObjectInfo], versions: list[VersionManifest], now: datetime | None = None) -> list[ObjectInfo]:
+def orphans(objects: list[ObjectInfo], versions: list[VersionManifest],
+            now: datetime | None = None) -> list[ObjectInfo]:
     """Images files no version names that have not changed for ORPHAN_AFTER: an ingest died
     between its images and its manifest."""
     now = now or datetime.now(timezone.utc)

@@ -217,7 +217,8 @@ def ingest(store: ArtifactStore, root: Path, *, holdout: float = DEFAULT_HOLDOUT
                                 "(one line each above); nothing was stored")
         if not keep:
             raise PipelineError(f"nothing new in {root}: every usable image is already stored or labelled "
-                                f"otherwise ({len(duplicates)} duplicates, {len(conflicts)} conflicts); nothing was stored")
+                                f"otherwise ({len(duplicates)} duplicates, {len(conflicts)} conflicts); "
+                                "nothing was stored")
         records = np.zeros(len(keep), RECORD)
         records["image"], records["label"] = pixels[keep], np.asarray(labels, np.uint8)[keep]
         records["holdout"] = holdout_mask([hashes[i] for i in keep], records["label"], holdout, seed)

@@ -80,7 +80,8 @@ def with_ingested(store: ArtifactStore, versions: list[VersionManifest], arrays:
     x_train = np.concatenate([arrays.x_train, train["image"]])
     y_train = np.concatenate([arrays.y_train, train["label"]])
     mnist = profile["train_samples"]
-    mean = (profile["train_pixel_mean"] * mnist + float(train["image"].mean(dtype=np.float64)) / 255 * len(train)) / len(x_train)
+    added_mean = float(train["image"].mean(dtype=np.float64)) / 255
+    mean = (profile["train_pixel_mean"] * mnist + added_mean * len(train)) / len(x_train)
     profile = dict(profile, train_samples=len(x_train), train_class_counts=np.bincount(y_train, minlength=10).tolist(),
                    train_pixel_mean=round(mean, 5), mnist_train_samples=mnist, holdout_samples=len(holdout.labels),
                    ingested=[{**v.reference(), "note": v.note, "created_at": v.created_at} for v in versions])

@@ -34,7 +34,8 @@ class Served:
     def __init__(self, api: str, mirror, folder, name: str, cron: str):
         self.name, self.cron, self.folder = name, cron, folder
         self.store = LocalStore(folder / "store")
-        self.env = dict(os.environ, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=AUTH, PREFECT_RUNNER_POLL_FREQUENCY="2",
+        self.env = dict(os.environ, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=AUTH,
+                        PREFECT_RUNNER_POLL_FREQUENCY="2",
                         PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(folder / "home"),
                         MNIST_STORE_URL=self.store.url, MNIST_MIRRORS=str(mirror))
         self.env.pop("MNIST_MIN_ACCURACY", None)
@@ -98,8 +99,8 @@ def missed(prefect_server, mnist_mirror, tmp_path_factory, client):
     now = datetime.now(timezone.utc)
     if now.second > 40:  # registering near a minute's end, the process could take that run
         time.sleep(62 - now.second)
-    served = Served(prefect_server[0], mnist_mirror, tmp_path_factory.mktemp("missed"), f"missed-{uuid.uuid4().hex[:6]}",
-                    "* * * * *")
+    served = Served(prefect_server[0], mnist_mirror, tmp_path_factory.mktemp("missed"),
+                    f"missed-{uuid.uuid4().hex[:6]}", "* * * * *")
     served.start()
     deployment = served.deployment(client)
     served.crash()
@@ -110,8 +111,8 @@ def missed(prefect_server, mnist_mirror, tmp_path_factory, client):
 
 @pytest.fixture(scope="module")
 def nightly(prefect_server, mnist_mirror, tmp_path_factory, client, missed):
-    served = Served(prefect_server[0], mnist_mirror, tmp_path_factory.mktemp("nightly"), f"nightly-{uuid.uuid4().hex[:6]}",
-                    NEVER)
+    served = Served(prefect_server[0], mnist_mirror, tmp_path_factory.mktemp("nightly"),
+                    f"nightly-{uuid.uuid4().hex[:6]}", NEVER)
     served.start()
     yield served, served.deployment(client)
     served.stop()
@@ -136,7 +137,8 @@ def test_a_night_with_nothing_new_is_unchanged_in_seconds_and_an_ingest_starts_a
 
     ingest = served.ingest(write_folder(tmp_path / "new", 10, seed=21))
     assert ingest.returncode == 0, ingest.stderr
-    assert ingest.stdout.splitlines()[-1] == "event mnist.data.ingested sent: the deployments that trigger on it start a run"
+    assert ingest.stdout.splitlines()[-1] == ("event mnist.data.ingested sent: the deployments that trigger on it "
+                                              "start a run")
     known = {first.id, second.id}
     triggered = wait_for(lambda: [r for r in served.runs(client, deployment.id) if r.id not in known], 60,
                          "a run started by the event")[0]
