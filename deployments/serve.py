@@ -1,4 +1,6 @@
 """Register the training flow as a deployment with a cron schedule and serve it.
+It also runs when data arrives (the `mnist.data.ingested` event of an ingest into its store), and
+skips nights with nothing new (`skip_unchanged`, unless --parameters turns it off).
 
     PREFECT_API_URL=http://localhost:4200/api python deployments/serve.py [--cron "0 2 * * *"]
 
@@ -17,6 +19,7 @@ import os
 import sys
 
 from flows.train_flow import train_flow
+from mnist_pipeline.data_versions import INGESTED_EVENT
 from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.params import parse_params
 from mnist_pipeline.settings import load_settings
@@ -49,14 +52,22 @@ def deployment_parameters(text: str) -> dict:
     if not isinstance(given, dict):
         raise ConfigError("--parameters must be a JSON object of run parameters")
     parse_params(**given)
-    return given
+    return {"skip_unchanged": True, **given}  # a night with nothing new costs seconds
+
+
+def data_arrived(store_url: str):
+    """A run for each version ingested into this deployment's store (`mnist-pipeline ingest`)."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(name="mnist data ingested", expect={INGESTED_EVENT},
+                                  match={"prefect.resource.id": "mnist.data.version.*", "mnist.store": store_url})
 
 
 def main(argv: list[str] | None = None) -> int:
     prepare_process()
     args = build_parser().parse_args(argv)
     try:
-        load_settings()  # a bad environment is refused now, not at 02:00
+        settings = load_settings()  # a bad environment is refused now, not at 02:00
         parameters = deployment_parameters(args.parameters)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -74,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     train_flow.serve(
         name=args.name,
         schedule=schedule,
+        triggers=[data_arrived(settings.store_url)],
         parameters=parameters,
         tags=TAGS,
         description="Nightly MNIST training; promotes only a model that passes the gate.",

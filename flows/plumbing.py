@@ -16,12 +16,13 @@ import threading
 from contextlib import contextmanager
 from functools import partial
 
+from prefect import get_run_logger
 from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
-from prefect.states import Completed, State
+from prefect.states import Cancelled, Completed, State
 from pydantic import BaseModel
 
-from mnist_pipeline import collector, notify, startup
+from mnist_pipeline import collector, late_runs, notify, startup
 from mnist_pipeline.ephemeral_server import ephemeral_server
 from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient
 from mnist_pipeline.params import command_line, parse_params
@@ -29,6 +30,7 @@ from mnist_pipeline.redaction import install_log_redaction, redact
 from mnist_pipeline.settings import load_settings
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
+EXIT_UNCHANGED = EXIT_PROMOTED  # production is already the model of these inputs
 
 
 # -- logs: one line for a failure the pipeline foresaw -------------------------------------------
@@ -98,10 +100,10 @@ def retried_only_if_transient():
         raise
 
 
-def decided(promoted: bool, reason: str, summary: dict) -> State:
+def decided(promoted: bool, reason: str, summary: dict, name: str | None = None) -> State:
     """A decided run is Completed, named for its decision, the reason as its message: a blocked
     run is a verdict, not a failure to retry, and the UI's run list tells them apart."""
-    return Completed(name="Promoted" if promoted else "Blocked", message=reason, data=summary)
+    return Completed(name=name or ("Promoted" if promoted else "Blocked"), message=reason, data=summary)
 
 
 def current_run_id() -> str:
@@ -126,6 +128,34 @@ def on_run_failed(flow, flow_run, state) -> None:
             notify.send(settings, outcome)
     except Exception as exc:  # never let reporting a failure raise another one
         log.warning("could not report the failure: %s", exc)
+
+
+def unchanged(run_id: str, production_run_id: str) -> State:
+    """`skip_unchanged`: this run's inputs are production's run's, so it would learn the same
+    model. It ends now, Completed as Unchanged, having stored nothing and decided nothing."""
+    reason = (f"the dataset versions, code and parameters are those of production's run {production_run_id}; "
+              "nothing was trained or stored")
+    get_run_logger().info("unchanged: %s", reason)
+    return decided(False, reason, {"run_id": run_id, "promoted": False, "unchanged": True, "reason": reason,
+                                   "production_run_id": production_run_id}, name="Unchanged")
+
+
+def superseded() -> State | None:
+    """A scheduled deployment run for which a newer run of the same deployment is already due (its
+    process was down across several scheduled times): Cancelled, naming that run, so that only the
+    newest trains (mnist_pipeline/late_runs.py). None otherwise, or when the API cannot tell."""
+    from prefect.client.orchestration import get_client
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None or not ctx.flow_run.auto_scheduled:
+        return None
+    try:
+        with get_client(sync_client=True) as client:
+            newer = late_runs.newer_due_run(client, ctx.flow_run)
+    except Exception as exc:  # not knowing is no reason to skip a night
+        get_run_logger().warning("could not ask for newer scheduled runs: %s", exc)
+        return None
+    return Cancelled(message=late_runs.superseded_message(newer)) if newer else None
 
 
 # -- the process entry ------------------------------------------------------------------------------
@@ -272,6 +302,9 @@ def exit_status(state: State) -> int:
     """Print the run's one-line outcome; the exit status that says it."""
     if state.is_completed():
         summary = state.result()
+        if summary.get("unchanged"):
+            print(f"run {summary['run_id']}: unchanged: {summary['reason']}")
+            return EXIT_UNCHANGED
         verdict = "promoted to production" if summary["promoted"] else summary["reason"]
         print(f"run {summary['run_id']}: test accuracy {summary['test_accuracy']:.4f}; {verdict}; "
               f"report: {summary['report']}")

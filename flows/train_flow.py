@@ -1,6 +1,7 @@
 """The MNIST training pipeline, top to bottom:
-preflight -> fetch -> validate -> normalize -> train -> evaluate -> plots -> gate -> report ->
-store (files, then the manifest) -> promote (the last decisive write) -> publish -> retention.
+preflight -> data versions (an unchanged run ends here) -> fetch -> validate -> ingested data ->
+normalize -> train -> evaluate (and on new data) -> plots -> gate -> report -> store (files, then
+the manifest) -> promote (the last decisive write) -> publish -> retention.
 
 `python flows/train_flow.py --help` runs it once, locally (flows/plumbing.py: exit statuses).
 """
@@ -23,6 +24,7 @@ from mnist_pipeline.registry import Candidate
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
 from tasks.evaluate import evaluate_task
+from tasks.data import ingested_task, inputs_task, new_data_accuracy, new_data_task, select_versions_task
 from tasks.fetch import fetch_task
 from tasks.gate import gate_task, preflight_task, promote_task
 from tasks.normalize import normalize_task
@@ -43,6 +45,8 @@ from tasks.validate import validate_task
 @flow_parameters(TrainParams, "Train, evaluate and, if it earns it, promote an MNIST model.")
 def train_flow(**parameters):
     plumbing.prepare_run()
+    if superseded := plumbing.superseded():  # a late scheduled run that a newer one makes pointless
+        return superseded
     with plumbing.retried_only_if_transient():
         return run_pipeline(TrainParams(**parameters))
 
@@ -56,17 +60,24 @@ def run_pipeline(params: TrainParams, tuning: dict | None = None):
                           run_id, params.model, plural(params.epochs, "epoch"), params.batch_size,
                           params.learning_rate, params.seed, min_accuracy, store.url)
     with recording_timings() as timings:
-        preflight_task(store)  # a store that takes no write or a damaged registry: fail now
+        production = preflight_task(store)  # a store that takes no write or a damaged registry: fail now
+        versions = select_versions_task(store, params.data_version)
+        origin.update(inputs_task(store, production, params, versions, origin))
+        if params.skip_unchanged and not origin["changes_since_production"]:
+            return plumbing.unchanged(run_id, production.run_id)
         raw = fetch_task(store, settings.mirrors, settings.deadline_s)
         arrays, profile = validate_task(raw)
+        arrays, profile, holdout = ingested_task(store, versions, arrays, profile)
         splits = normalize_task(arrays, params.validation_size, params.seed)
         del raw, arrays
         trained = train_task(splits, params, store, run_id, (tuning or {}).get("hyperparameters"))
         x_test, y_test = splits.x_test, splits.y_test
         del splits  # the training and validation images are done with: free them
         evaluation = evaluate_task(trained.model, x_test, y_test)
+        evaluation.metrics.update(new_data_task(store, trained.model, holdout, production))
+        new_data = new_data_accuracy(evaluation.metrics)
         plots = plots_task(trained.history, evaluation, x_test, y_test, min_accuracy)
-        decision = gate_task(store, evaluation.metrics["test_accuracy"], params, min_accuracy)
+        decision = gate_task(store, evaluation.metrics["test_accuracy"], params, min_accuracy, new_data)
         comparison = compare_task(store, decision.production_run_id, y_test, evaluation.y_pred)
 
         def report(decided):
@@ -75,9 +86,10 @@ def run_pipeline(params: TrainParams, tuning: dict | None = None):
         report_html = report(decision)
         manifest = store_task(store, run_id, params, min_accuracy, origin, profile, trained, evaluation, plots,
                               report_html, decision, timings, tuning)
-    promotion = promote_task(store, Candidate(run_id, trained.model_file["sha256"], manifest.test_accuracy),
+    promotion = promote_task(store, Candidate(run_id, trained.model_file["sha256"], manifest.test_accuracy, new_data),
                              params, min_accuracy, run_id, {"started_at": started, "model": params.model,
-                                                            "epochs": params.epochs})
+                                                            "epochs": params.epochs,
+                                                            "new_data": evaluation.metrics.get("new_data")})
     warnings = list(promotion.warnings)
     if promotion.decision and promotion.decision.promote != decision.promote:  # production changed meanwhile
         warnings += restate_task(store, manifest, report(promotion.decision), promotion.decision)

@@ -50,7 +50,7 @@ def tune_flow(**parameters):
     log.info("best: trial %s, val_accuracy %.4f, %s", best["trial_id"], best["val_accuracy"], best["hyperparameters"])
     hp = best["hyperparameters"]
     gate_params = p.model_dump(include={"model", "min_accuracy", "max_regression", "allow_regression",
-                                        "validation_size", "seed"})
+                                        "validation_size", "seed", "data_version", "min_new_data_accuracy"})
     params = TrainParams(**gate_params, epochs=trial_epochs(hp, p.epochs), batch_size=int(hp["batch_size"]),
                          learning_rate=float(hp["learning_rate"]))
     tuning = {"search": keys.tuning_search(run_id), "report": keys.tuning_report(run_id),

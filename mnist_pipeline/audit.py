@@ -4,7 +4,9 @@ Checked: production.json is well formed and names a finished run whose model mat
 and loads in safe mode; every model on the rollback stack matches its hash; every history record
 is well formed, and replaying them gives the production and stack that production.json holds;
 the cached MNIST files match their pinned SHA-256 (promotion, rollback and compare score on
-them), and the test set is cached once there are runs; each run's files are the ones its
+them), and the test set is cached once there are runs; each ingested dataset version's images
+match its manifest (SHA-256, counts per digit), no images are orphaned by an ingest that died, and
+the versions production and its rollback stack were trained on are there, unchanged; each run's files are the ones its
 manifest lists (size always; the S3 ETag where the listing has it; SHA-256 of small files on a
 folder store; SHA-256 of everything with `deep`), and its stored predictions score the accuracy
 its manifest records; a run without manifest is reported once it is an interrupted run
@@ -21,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from mnist_pipeline import keys, registry, retention
+from mnist_pipeline import data_versions, keys, registry, retention
 from mnist_pipeline.dataset import FILES, LABELS_MAGIC, cached_file, parse_idx
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.runs import valid_run_id
@@ -244,6 +246,31 @@ def check_runs(store: ArtifactStore, audit: Audit, deep: bool, objects: list[Obj
         audit.problems += problems
 
 
+def check_data_versions(store: ArtifactStore, audit: Audit, objects: list[ObjectInfo],
+                        production: registry.Production | None) -> None:
+    versions, problems, checked = data_versions.audit(store, objects)
+    audit.count("dataset versions", checked)
+    audit.problems += problems
+    if production is None:
+        return
+    stored = {v.version: v.images.sha256 for v in versions}
+    for run_id in [production.run_id, *(e.run_id for e in production.stack)]:
+        try:
+            manifest, _ = registry.read_manifest(store, run_id)
+        except PipelineError:
+            continue  # reported by the production and run checks
+        for used in manifest.get("data_versions") or []:
+            number = used.get("version")
+            if number in stored and stored[number] != used.get("sha256"):
+                wrong = "holds other images than it"
+            elif number not in stored and checked == len(versions):  # (a damaged one is reported above)
+                wrong = "is missing"
+            else:
+                continue
+            audit.problems.append(f"data version {number}, which run {run_id} (production or its rollback stack) "
+                                  f"was trained on, {wrong}")
+
+
 def verify(store: ArtifactStore, deep: bool = False) -> Audit:
     audit = Audit()
     everything = store.list_objects("", skipped=audit.problems)  # one listing, shared by the checks below
@@ -253,6 +280,7 @@ def verify(store: ArtifactStore, deep: bool = False) -> Audit:
     runs = [o for o in everything if o.key.startswith(keys.RUNS)]
     labels = check_dataset_cache(store, audit, everything, any_runs=bool(runs))
     check_runs(store, audit, deep, runs, labels)
+    check_data_versions(store, audit, [o for o in everything if o.key.startswith(keys.INGESTED)], production)
     audit.problems += [f"{o.key}: a foreign object (not part of the store layout)"
                        for o in everything if not o.key.startswith(KNOWN_TOP)]
     audit.problems += [f"{key}: a stale temporary file (a writer died); `mnist-pipeline gc` removes it"

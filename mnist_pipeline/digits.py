@@ -29,6 +29,7 @@ BORDER = 0.04  # fraction of each side read as background to decide the polarity
 # at 1/2-1/8 scale by JPEG's own DCT scaling to fit, any other image above it is refused before
 # decoding. Pillow's own limit (89 MP, an error only at twice that) lets a 55 KB PNG take GBs.
 MAX_PIXELS = 16_000_000
+MIN_SIDE = 8  # the smallest digit images in use (scikit-learn's digits are 8 x 8); less is a dot, not a digit
 
 
 def load_digit(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
@@ -81,6 +82,9 @@ def _decode_gray(source: str | Path | bytes, label: str) -> np.ndarray:
         dimensions = f"{size[0]:,} x {size[1]:,} pixels, " if size else ""
         raise ValueError(f"{label} is {dimensions}more than the {MAX_PIXELS:,} pixels a digit image may have; "
                          "crop or shrink it")
+    if min(size) < MIN_SIDE:
+        raise ValueError(f"{label} is {size[0]} x {size[1]} pixels, too small to hold a digit (at least "
+                         f"{MIN_SIDE} x {MIN_SIDE})")
     return _to_gray(img)
 
 

@@ -3,6 +3,8 @@
 The same keys under the store URL for S3 and a folder (docs/pipeline.md):
 
     datasets/mnist/<file name>.gz                  verified raw IDX cache
+    datasets/ingested/versions/<NNNNNN>.json       an ingested dataset version's manifest (its presence = the version)
+    datasets/ingested/images/<sha256>.npy          its prepared images, named by their SHA-256
     runs/<run_id>/model.keras, history.json, metrics.json, predictions.npy, report.html,
                  plots/<name>.png, manifest.json, collected.json, tuning/...
     registry/production.json                       the model in production and its rollback stack
@@ -18,7 +20,9 @@ MNIST_CACHE = "datasets/mnist/"
 REGISTRY = "registry/"
 PRODUCTION = "registry/production.json"
 HISTORY = "registry/history/"
-TOP_LEVEL = (RUNS, REGISTRY, MNIST_CACHE)  # anything else in a store is foreign
+INGESTED = "datasets/ingested/"
+DATA_VERSIONS, DATA_IMAGES = INGESTED + "versions/", INGESTED + "images/"
+TOP_LEVEL = (RUNS, REGISTRY, MNIST_CACHE, INGESTED)  # anything else in a store is foreign
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # Prefect's are UUIDs
 
@@ -98,3 +102,27 @@ HISTORY_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # sorts in time order: review command
 def history_record(stamp: str, run_id: str) -> str:
     """registry/history/<stamp>-<run_id>.json, stamp in HISTORY_TIME_FORMAT."""
     return f"{HISTORY}{stamp}-{run_id}.json"
+
+
+_DATA_VERSION = re.compile(r"^(\d{6})\.json$")
+_DATA_IMAGES = re.compile(r"^[0-9a-f]{64}\.npy$")
+
+
+def data_version(version: int) -> str:
+    """datasets/ingested/versions/000001.json: zero-padded, so the keys sort in version order."""
+    return f"{DATA_VERSIONS}{version:06d}.json"
+
+
+def data_version_of(key: str) -> int | None:
+    """The version number of a version manifest's key, else None."""
+    match = _DATA_VERSION.match(key[len(DATA_VERSIONS):]) if key.startswith(DATA_VERSIONS) else None
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else None
+
+
+def data_images(sha256: str) -> str:
+    """Content-addressed: no other ingest can write different bytes under this key."""
+    return f"{DATA_IMAGES}{sha256}.npy"
+
+
+def is_data_images(key: str) -> bool:
+    return key.startswith(DATA_IMAGES) and bool(_DATA_IMAGES.match(key[len(DATA_IMAGES):]))

@@ -39,6 +39,9 @@ class RunManifest(BaseModel):
     files: dict[str, dict]  # key -> {"sha256", "md5", "bytes"}
     tuning: Optional[dict] = None  # the search that chose the hyperparameters (flows/tune_flow.py)
     gate: Gate
+    source_sha256: Optional[str] = None  # the pipeline's own source files: its version without .git
+    data_versions: list[dict] = []  # the ingested versions learned from: version, sha256, train, holdout
+    changes_since_production: Optional[list[str]] = None  # what differs from production's run (run_inputs.py)
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.model_dump(), indent=2).encode()

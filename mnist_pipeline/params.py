@@ -43,6 +43,15 @@ ValidationSize = Annotated[int, Field(
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed for the split, initial weights and shuffling.")]
 LearningRate = Annotated[Optional[float], Field(
     gt=0.0, le=10.0, description="Peak learning rate. Empty: the model's default (README MLP: Adam at 0.001).")]
+DataVersion = Annotated[Optional[int], Field(
+    ge=0, le=999999, description="Train on MNIST plus the ingested dataset versions up to this one (0: MNIST "
+                                 "alone). Empty: every version (`mnist-pipeline data` lists them).")]
+MinNewDataAccuracy = Annotated[Optional[float], Field(
+    ge=0.0, le=1.0, description="Gate: promote only if accuracy on the ingested versions' holdout images >= this. "
+                                "Empty: not checked.")]
+SkipUnchanged = Annotated[bool, Field(
+    description="End at once, as Unchanged, when the dataset versions, code and parameters are those of "
+                "production's run (the deployments set it).")]
 
 
 class _RunParams(BaseModel):
@@ -56,6 +65,8 @@ class _RunParams(BaseModel):
     allow_regression: AllowRegression = False
     validation_size: ValidationSize = DEFAULT_VALIDATION_SIZE
     seed: Seed = DEFAULT_SEED
+    data_version: DataVersion = None
+    min_new_data_accuracy: MinNewDataAccuracy = None
 
 
 class TrainParams(_RunParams):
@@ -64,6 +75,7 @@ class TrainParams(_RunParams):
     epochs: Epochs = None
     batch_size: BatchSize = None
     learning_rate: LearningRate = None
+    skip_unchanged: SkipUnchanged = False
 
     @model_validator(mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from importlib import metadata
@@ -24,8 +25,26 @@ def provenance(started_at: str) -> dict:
     """Where a run came from, as its manifest and report record it."""
     from mnist_pipeline.dataset import MNIST_SHA256
 
-    return {"git_commit": git_commit(), "versions": package_versions(), "dataset_sha256": MNIST_SHA256,
-            "started_at": started_at}
+    return {"git_commit": git_commit(), "source_sha256": source_sha256(), "versions": package_versions(),
+            "dataset_sha256": MNIST_SHA256, "started_at": started_at}
+
+
+SOURCE_FOLDERS = ("mnist_pipeline", "tasks", "flows")  # the pipeline's own code, templates included
+SOURCE_SUFFIXES = (".py", ".j2")
+
+
+def source_sha256(root: Path | None = None) -> str:
+    """SHA-256 over the pipeline's own source files under `root` (this checkout or installation by
+    default), their paths and bytes in path order: the code's version where there is no git
+    checkout (the Docker image has no .git)."""
+    root = root or Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    files = sorted(p for folder in SOURCE_FOLDERS for p in (root / folder).rglob("*")
+                   if p.suffix in SOURCE_SUFFIXES and p.is_file() and "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def git_commit() -> str | None:

@@ -34,6 +34,8 @@ class RunSummary:
     decision: str = "incomplete"  # promoted | blocked | incomplete
     reason: str = ""
     production: bool = False
+    new_data_accuracy: float | None = None  # on the ingested holdout images (none ingested: None)
+    production_new_data_accuracy: float | None = None  # production's model before, on the same images
 
     def to_json(self) -> dict:
         return dict(asdict(self), time=self.time.isoformat())
@@ -119,6 +121,9 @@ def _summary_from(store: ArtifactStore, run_id: str, key: str, record: registry.
     summary = RunSummary(run_id, registry.history_key_time(key) or datetime.min.replace(tzinfo=timezone.utc),
                          run.get("started_at"), run.get("model"), run.get("epochs"), record.test_accuracy,
                          "promoted" if record.decision == "promoted" else "blocked", record.reason)
+    new_data = run.get("new_data") or {}
+    summary.new_data_accuracy = new_data.get("accuracy")
+    summary.production_new_data_accuracy = (new_data.get("production_before") or {}).get("accuracy")
     if not run:  # a record made outside the flow (or before summaries): the manifest has the rest
         _from_manifest(run_id, _json(store, keys.manifest(run_id)) or {}, summary)
     return summary

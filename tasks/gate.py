@@ -28,11 +28,13 @@ def preflight(store: ArtifactStore) -> registry.Production | None:
     return production
 
 
-def decide(store: ArtifactStore, accuracy: float, params: TrainParams, min_accuracy: float) -> registry.GateDecision:
+def decide(store: ArtifactStore, accuracy: float, params: TrainParams, min_accuracy: float,
+           new_data_accuracy: float | None = None) -> registry.GateDecision:
     production, _ = registry.read_production(store)
     if production is not None:
         registry.check_production_model(store, production)  # a champion must be what was promoted
-    return registry.gate(accuracy, min_accuracy, production, params.max_regression, params.allow_regression)
+    return registry.gate(accuracy, min_accuracy, production, params.max_regression, params.allow_regression,
+                         new_data_accuracy, params.min_new_data_accuracy)
 
 
 @stage("preflight")
@@ -44,8 +46,9 @@ def preflight_task(store: ArtifactStore) -> registry.Production | None:
 
 
 @stage("gate", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
-def gate_task(store: ArtifactStore, accuracy: float, params: TrainParams, min_accuracy: float) -> registry.GateDecision:
-    decision = decide(store, accuracy, params, min_accuracy)
+def gate_task(store: ArtifactStore, accuracy: float, params: TrainParams, min_accuracy: float,
+              new_data_accuracy: float | None = None) -> registry.GateDecision:
+    decision = decide(store, accuracy, params, min_accuracy, new_data_accuracy)
     get_run_logger().info("gate: %s: %s", "promote" if decision.promote else "block", decision.reason)
     return decision
 
@@ -64,7 +67,8 @@ def promote_task(store: ArtifactStore, candidate: registry.Candidate, params: Tr
     with PROMOTING:
         result = registry.promote(store, candidate, min_accuracy=min_accuracy,
                                   max_regression=params.max_regression, allow_regression=params.allow_regression,
-                                  actor=f"flow-run:{run_id}", source="flow", summary=summary)
+                                  actor=f"flow-run:{run_id}", source="flow", summary=summary,
+                                  min_new_data_accuracy=params.min_new_data_accuracy)
     log = get_run_logger()
     log.info("promotion: %s: %s", "promoted" if result.promoted else "blocked", result.reason)
     for warning in result.warnings:

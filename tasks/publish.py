@@ -15,6 +15,7 @@ from prefect.events import emit_event
 
 from mnist_pipeline import keys, notify
 from mnist_pipeline.redaction import redact, redact_url
+from mnist_pipeline.run_inputs import ranges
 from mnist_pipeline.registry import PromotionResult
 from mnist_pipeline.settings import Settings
 from mnist_pipeline.store import ArtifactStore
@@ -47,10 +48,22 @@ def summary_markdown(run_id: str, params: dict, metrics: dict, outcome: notify.O
         f"| threshold | {outcome.min_accuracy:.4f} |",
         f"| test loss | {metrics['test_loss']:.4f} |",
         f"| errors | {metrics['test_errors']} / {metrics['test_samples']} |",
+        *new_data_rows(metrics),
         f"| production before | {outcome.production_run_id or 'none'} |",
         "",
         f"Report: {report}",
     ])
+
+
+def new_data_rows(metrics: dict) -> list[str]:
+    """The summary's row for the ingested holdout images, when there were any."""
+    nd = metrics.get("new_data")
+    if not nd:
+        return []
+    before = nd.get("production_before")
+    was = f"production before {before['accuracy']:.4f}" if before else "nothing in production before"
+    return [f"| new-data accuracy | {nd['accuracy']:.4f} ({was}) on {plural(nd['images'], 'holdout image')} of "
+            f"{ranges(nd['versions'])} |"]
 
 
 def publish_artifacts(store: ArtifactStore, run_id: str, params: dict, metrics: dict,

@@ -26,6 +26,8 @@ def plural(count: int | float, noun: str, plural_form: str | None = None) -> str
 
 
 _ENV.filters["plural"] = plural
+# What the report calls each of the gate's checks (mnist_pipeline/registry/gate.py `Check.rule`).
+CHECK_NAMES = {"threshold": "Threshold", "champion": "Against production", "new_data": "New data"}
 
 
 @dataclass
@@ -61,7 +63,7 @@ def render_report(inp: ReportInput) -> bytes:
              for name, png in inp.plots.items() if name not in plot_captions]
     html = _ENV.get_template("report.html.j2").render(
         inp=inp, m=inp.metrics, figures=figures, extra_figures=extra,
-        verdict=verdict(inp.decision), checks=inp.decision.get("checks") or [],
+        verdict=verdict(inp.decision), checks=inp.decision.get("checks") or [], check_names=CHECK_NAMES,
         comparison=comparison_view(inp.comparison, inp.metrics.get("per_class")) if inp.comparison else None,
         parameters=parameter_rows(inp.params, inp.decision["min_accuracy"]),
         timings=timing_rows(inp.provenance.get("timings_s") or {}),

@@ -74,7 +74,8 @@ def test_runs_newest_first_full_ids_iso_times_and_production(runs, cli):
     table = cli("runs")
     assert table.code == 0
     lines = table.out.splitlines()
-    assert lines[0].split("\t") == ["run id", "started (UTC)", "model", "epochs", "test acc", "gate", "prod"]
+    assert lines[0].split("\t") == ["run id", "started (UTC)", "model", "epochs", "test acc", "gate", "prod",
+                                    "new data (prod before)"]
     rows = [line.split("\t") for line in lines[1:]]
     assert [r[0] for r in rows] == ["run-d", "run-c", "run-b", "run-a"]  # full ids when piped
     assert rows[-1][6] == "*" and rows[1][2] == "cnn"

@@ -215,7 +215,7 @@ def test_the_report_link_artifact_downloads_the_report(deployment, client, serve
 def test_deployment_has_its_limit_tags_and_parameter_form(deployment):
     assert set(deployment.tags) >= {"mnist", "training"}
     assert deployment.global_concurrency_limit and deployment.global_concurrency_limit.limit == 1
-    assert deployment.parameters == {"epochs": 1, "min_accuracy": 0.9}
+    assert deployment.parameters == {"skip_unchanged": True, "epochs": 1, "min_accuracy": 0.9}
     props = deployment.parameter_openapi_schema["properties"]
     assert set(props) >= {"epochs", "batch_size", "model", "min_accuracy", "max_regression", "allow_regression"}
     assert "Empty: the model's default" in props["epochs"]["description"]

@@ -41,6 +41,17 @@ def test_allow_regression_overrides_the_champion_but_never_the_threshold():
     assert not registry.gate(0.965, 0.97, champ, allow_regression=True).promote
 
 
+def test_new_data_accuracy_blocks_only_when_asked_for_and_says_so_like_the_other_rules():
+    assert registry.gate(0.98, 0.97, None, new_data_accuracy=0.6).promote  # not asked for: not a check
+    blocked = registry.gate(0.98, 0.97, None, new_data_accuracy=0.8912, min_new_data_accuracy=0.9)
+    assert not blocked.promote and blocked.reason == "promotion blocked: new-data accuracy 0.8912 < 0.9000"
+    assert blocked.checks[-1] == registry.Check("new_data", "0.8912 < 0.9000", False)
+    both = registry.gate(0.96, 0.97, None, new_data_accuracy=0.5, min_new_data_accuracy=0.9)
+    assert both.reason == "promotion blocked: 0.9600 < 0.9700; new-data accuracy 0.5000 < 0.9000"
+    nothing_ingested = registry.gate(0.98, 0.97, None, min_new_data_accuracy=0.9)
+    assert nothing_ingested.promote and nothing_ingested.checks[-1].text.startswith("no ingested holdout images")
+
+
 # -- on a store -------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def zoo(mnist_mirror) -> list[ZooModel]:

@@ -209,3 +209,35 @@ def test_input_is_escaped(plots):
     html = render_report(inp).decode()
     assert "<script>x</script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
     assert "moving average &lt;of&gt; steps" in html
+
+
+def test_the_report_says_what_data_the_model_saw_what_changed_and_its_new_data_accuracy(plots):
+    decision = decision_view(registry.gate(0.975, 0.97, champion("7d1c0a5e", 0.97), new_data_accuracy=0.8612,
+                                           min_new_data_accuracy=0.9))
+    new_data = {"accuracy": 0.8612, "images": 245, "versions": [1, 2],
+                "per_version": {"1": {"accuracy": 0.9, "images": 200}, "2": {"accuracy": 0.6889, "images": 45}},
+                "production_before": {"run_id": "7d1c0a5e-0000", "accuracy": 0.7515}}
+    ingested = [{"version": 1, "sha256": "1" * 64, "train": 800, "holdout": 200, "note": "scans of school forms",
+                 "created_at": "2026-12-01T09:30:00+00:00"},
+                {"version": 2, "sha256": "2" * 64, "train": 180, "holdout": 45, "note": "", "created_at": "2026-12-03T10:00:00"}]
+    inp = report_input(plots, accuracy=0.975, decision=decision)
+    inp.metrics = dict(inp.metrics, new_data=new_data)
+    inp.profile = dict(inp.profile, train_samples=60980, mnist_train_samples=60000, ingested=ingested)
+    inp.provenance = dict(inp.provenance, source_sha256="5" * 64, data_versions=[{"version": 1, "sha256": "1" * 64}],
+                          changes_since_production=["data: version 2 added (180 training images)"])
+    text = body_text(render_report(inp).decode())
+    assert "New data: 0.8612 < 0.9000" in text  # the gate's check, named
+    text = re.sub(r" ([;).])", r"\1", re.sub(r"\( ", "(", text))  # the spaces tags leave in punctuation
+    assert ("245 holdout images of the ingested dataset versions 1, 2, never trained on: this run 0.8612; "
+            "production's model (run 7d1c0a5e) on the same images 0.7515 (+0.1097). The gate decides on MNIST's "
+            "test images and on these.") in text
+    assert "2 45 0.6889" in text
+    assert "55,980 (of 60,980; 5,000 held out for validation)" in text
+    assert "MNIST 60,000 (its 10,000 test images)" in text and "1 800 200 2026-12-01 09:30 scans of school forms" in text
+    assert "Changed since production's run data: version 2 added (180 training images)" in text
+    assert f"data version 1 {'1' * 64}" in text and f"source files SHA-256 {'5' * 64}" in text
+
+
+def test_a_run_without_ingested_data_shows_none_of_it(plots):
+    text = body_text(render_report(report_input(plots, accuracy=0.9698, decision=blocked_decision())).decode())
+    assert "New data" not in text and "Ingested besides MNIST" not in text and "data version" not in text

@@ -72,3 +72,32 @@ def test_a_run_of_the_deployed_flow_is_executed_by_the_worker(worker, worker_env
     assert registry.read_production(store)[0].run_id == str(run.id)
     assert store.exists(f"runs/{run.id}/report.html")
     assert worker_env["AWS_SECRET_ACCESS_KEY"] not in log_path.read_text()
+
+
+def test_an_ingest_starts_a_run_of_the_deployment_that_the_worker_executes(worker, worker_env, client, tmp_path):
+    """prefect.yaml's trigger on mnist.data.ingested: the run it creates trains on the new version."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from tests.digit_images import write_folder
+    from tests.test_cli import CLI
+
+    _, log_path = worker
+    deployment = client.read_deployment_by_name("mnist-training/training")
+    assert deployment.parameters == {"skip_unchanged": True}
+
+    def runs():
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+    before = {r.id for r in runs()}
+    ingest = subprocess.run([CLI, "ingest", str(write_folder(tmp_path / "new", 5, seed=31))], env=worker_env,
+                            capture_output=True, text=True, timeout=120)
+    assert ingest.returncode == 0 and "event mnist.data.ingested sent" in ingest.stdout, ingest.stderr
+    run = wait_for(lambda: [r for r in runs() if r.id not in before], 60, "a run started by the event")[0]
+
+    def final():
+        state = client.read_flow_run(run.id).state
+        return state if state and state.is_final() else None
+    state = wait_for(final, 300, "the triggered run", interval=2)
+    assert state.name in ("Promoted", "Blocked"), f"{state.name}: {state.message}\n{log_path.read_text()[-3000:]}"
+    store = open_store(load_settings(**{k: worker_env[k] for k in (
+        "MNIST_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}))
+    assert [v["version"] for v in registry.read_manifest(store, str(run.id))[0]["data_versions"]] == [1]

@@ -15,14 +15,14 @@ import typer
 # Typer 0.29 vendors its own copy of click: its exceptions are not `click`'s.
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-from mnist_pipeline.cli import review, manage, use  # noqa: I001 (the order of --help)
+from mnist_pipeline.cli import review, manage, use, data  # noqa: I001 (the order of --help)
 from mnist_pipeline.cli import common
 from mnist_pipeline.cli.common import app, err
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.redaction import install_log_redaction, redact
 from mnist_pipeline.startup import prepare_process
 
-__all__ = ["app", "main", "manage", "review", "use"]
+__all__ = ["app", "data", "main", "manage", "review", "use"]
 
 
 class _WarningLines(logging.Handler):

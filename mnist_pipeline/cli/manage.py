@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from mnist_pipeline import audit, registry, retention
+from mnist_pipeline import audit, data_versions, registry, retention
+from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
 from mnist_pipeline.cli.common import EXIT_BLOCKED, app, err, load_keras_quietly, say, settings_and_store, warn
 from mnist_pipeline.runs import resolve_run
@@ -81,19 +82,30 @@ def gc(
     keep_days: Optional[float] = typer.Option(None, "--keep-days", min=0.0, help="Also keep runs younger than D days."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be deleted; delete nothing."),
 ) -> None:
-    """Delete the heavy files (model, predictions, plots) of older runs. Never production, a model
-    rollback can return to, a manifest, metrics, a report or a history record."""
+    """Delete the heavy files (model, predictions, plots) of older runs, and dataset images an
+    ingest that died left without a version. Never production, a model rollback can return to, a
+    manifest, metrics, a report, a history record or a dataset version."""
     _, store = settings_and_store()
     todo = retention.plan(store, keep_last, keep_days)
     if todo.models_kept:
         warn("nothing is in production, so no model is deleted (any of them may still be promoted)")
+    try:
+        orphaned = data_versions.collectable_orphans(store)
+    except PipelineError as exc:
+        orphaned = []
+        warn(f"orphaned dataset images are kept: {exc}")
     if dry_run:
+        for info in orphaned:
+            say(f"would delete {info.key} ({info.size:,} bytes; images of no dataset version)")
         for files in todo.collect.values():
             for info in files:
                 say(f"would delete {info.key} ({info.size:,} bytes)")
         say(f"dry run: {sum(map(len, todo.collect.values()))} files of {len(todo.collect)} runs, "
             f"{todo.bytes / 2**20:.1f} MB would be freed; nothing was deleted")
         return
+    for info in orphaned:
+        store.delete(info.key)
+        say(f"deleted {info.key} ({info.size:,} bytes; images of no dataset version)")
     deleted, freed = retention.collect(store, todo, actor=registry.default_actor(), echo=say)
     stale = store.clean_stale_temp()
     for key in stale:

@@ -36,14 +36,22 @@ def runs(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> None
         out.print_json(json.dumps([s.to_json() for s in summaries]))
         return
     rows = [[s.run_id, iso(s.started_at or s.time), s.model or "-", str(s.epochs or "-"), _acc(s.test_accuracy),
-             s.decision, "*" if s.production else ""] for s in summaries]
-    print_table(f"Runs in {store.url}", ["run id", "started (UTC)", "model", "epochs", "test acc", "gate", "prod"],
-                rows, right={"epochs", "test acc"})
+             s.decision, "*" if s.production else "", _new_data(s.new_data_accuracy, s.production_new_data_accuracy)]
+            for s in summaries]
+    print_table(f"Runs in {store.url}", ["run id", "started (UTC)", "model", "epochs", "test acc", "gate", "prod",
+                                         "new data (prod before)"], rows, right={"epochs", "test acc"})
     if not complete:
         warn(f"showing the newest {len(summaries)} runs that reached a decision; --limit N for more, "
              "--all for every run (also those that did not finish)")
     elif not show_all and len(run_folders(store)) > len(summaries):  # a short history: a cheap listing
         warn("some runs did not reach a decision (interrupted, or restored without their history): --all shows them")
+
+
+def _new_data(accuracy, before) -> str:
+    """This run's new-data accuracy and, in brackets, production's model's on the same images."""
+    if accuracy is None:
+        return "-"
+    return _acc(accuracy) + (f" ({_acc(before)})" if before is not None else "")
 
 
 @app.command()
@@ -120,7 +128,7 @@ def compare(run_a: str = typer.Argument(...), run_b: str = typer.Argument(...)) 
     rows = _param_rows(ma, mb) + [
         ["test accuracy", _acc(c["accuracy_a"]), _acc(c["accuracy_b"]), f"{delta:+.4f}" if delta else ""],
         ["test errors", str(round((1 - c["accuracy_a"]) * 10000)), str(round((1 - c["accuracy_b"]) * 10000)),
-         f"{round(-delta * 10000):+d}" if delta else ""]]
+         f"{round(-delta * 10000):+d}" if delta else ""]] + _data_rows(store, a, b, ma, mb)
     for digit, (ra, rb) in enumerate(zip(c["recall_a"], c["recall_b"])):
         rows.append([f"recall of {digit}", _acc(ra), _acc(rb), f"{rb - ra:+.4f}" if rb != ra else ""])
     print_table("Comparison", ["", a, b, "B - A"], rows, right={a, b, "B - A"})
@@ -129,11 +137,43 @@ def compare(run_a: str = typer.Argument(...), run_b: str = typer.Argument(...)) 
         f"McNemar exact p = {c['mcnemar_p']:.4g} ({significance} at 0.05)")
 
 
+def _data_rows(store, a: str, b: str, ma: dict, mb: dict) -> list[list[str]]:
+    """The dataset versions each run learned from, and from their metrics.json each one's
+    new-data accuracy and production's model's before it (on the same images only when both
+    runs had the same versions)."""
+    na, nb = ((_json(store, keys.metrics(r)).get("new_data") or {}) for r in (a, b))
+    va, vb = _versions(ma), _versions(mb)
+    if not (na or nb or ma.get("data_versions") or mb.get("data_versions")):
+        return []
+    rows = [["data versions", va, vb, "" if va == vb else "differs"]]
+    if na or nb:
+        acc_a, acc_b = na.get("accuracy"), nb.get("accuracy")
+        same = na.get("versions") == nb.get("versions")
+        delta = "" if acc_a is None or acc_b is None else f"{acc_b - acc_a:+.4f}" if same else "other images"
+        rows += [["new-data accuracy", _acc(acc_a), _acc(acc_b), delta],
+                 ["  production's model before", _acc(_before(na)), _acc(_before(nb)), ""],
+                 ["new-data holdout images", str(na.get("images", "-")), str(nb.get("images", "-")), ""]]
+    return rows
+
+
+def _before(new_data: dict) -> float | None:
+    return (new_data.get("production_before") or {}).get("accuracy")
+
+
+def _versions(manifest: dict) -> str:
+    found = [v["version"] for v in manifest.get("data_versions") or []]
+    return ", ".join(map(str, found)) if found else "none (MNIST alone)"
+
+
 def _manifest(store, run_id: str) -> dict:
+    return _json(store, keys.manifest(run_id))
+
+
+def _json(store, key: str) -> dict:
     try:
-        value = json.loads(store.get(keys.manifest(run_id)))
+        value = json.loads(store.get(key))
     except NotFoundInStore:
         return {}
     except ValueError:
-        raise PipelineError(f"{keys.manifest(run_id)} is not JSON; `mnist-pipeline verify` checks it") from None
+        raise PipelineError(f"{key} is not JSON; `mnist-pipeline verify` checks it") from None
     return value if isinstance(value, dict) else {}

@@ -3,7 +3,8 @@ explanation. Pure. The flow, `promote` and the report use this one rule; the rep
 checks it made and its explanation instead of deriving them again.
 
 The rule: the threshold always (test accuracy >= min_accuracy); then the champion rule (no worse
-than production by more than max_regression), unless regression is allowed on purpose.
+than production by more than max_regression), unless regression is allowed on purpose; and, when
+asked for, accuracy on the ingested datasets' holdout images >= min_new_data_accuracy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mnist_pipeline.registry.schema import Production
 class Check:
     """One comparison the gate made, its numbers to 4 decimals; `ok` False blocks."""
 
-    rule: str  # "threshold" | "champion"
+    rule: str  # "threshold" | "champion" | "new_data"
     text: str  # e.g. "0.9790 ≥ 0.9700"
     ok: bool
 
@@ -38,9 +39,11 @@ class GateDecision:
 
 
 def gate(accuracy: float, min_accuracy: float, production: Production | None,
-         max_regression: float = DEFAULT_MAX_REGRESSION, allow_regression: bool = False) -> GateDecision:
+         max_regression: float = DEFAULT_MAX_REGRESSION, allow_regression: bool = False,
+         new_data_accuracy: float | None = None, min_new_data_accuracy: float | None = None) -> GateDecision:
     """The decision for a candidate scoring `accuracy`, against the threshold and the model in
-    production (None: nothing is)."""
+    production (None: nothing is); `new_data_accuracy` (None: nothing ingested) against
+    `min_new_data_accuracy` when that is set."""
     prod_id = production.run_id if production else None
     prod_acc = production.test_accuracy if production else None
     above = accuracy >= min_accuracy
@@ -69,4 +72,23 @@ def gate(accuracy: float, min_accuracy: float, production: Production | None,
                          f"more than the allowed {max_regression:.4f}")
             reason = (f"promotion blocked: {accuracy:.4f} is below production {prod_id} ({prod_acc:.4f}) "
                       f"by more than {max_regression:g}")
-    return GateDecision(above and champion_ok, reason, min_accuracy, prod_id, prod_acc, tuple(checks), explained)
+    new_data_ok = True
+    if min_new_data_accuracy is not None:
+        check = new_data_check(new_data_accuracy, min_new_data_accuracy)
+        checks.append(check)
+        new_data_ok = check.ok
+        if not new_data_ok:
+            why = f"new-data accuracy {new_data_accuracy:.4f} < {min_new_data_accuracy:.4f}"
+            explained = why if above and champion_ok else f"{explained}; and {why}"
+            reason = f"promotion blocked: {why}" if above and champion_ok else f"{reason}; {why}"
+    return GateDecision(above and champion_ok and new_data_ok, reason, min_accuracy, prod_id, prod_acc, tuple(checks),
+                        explained)
+
+
+def new_data_check(accuracy: float | None, minimum: float) -> Check:
+    """Accuracy on the ingested holdout images against `minimum`; with none ingested, nothing to
+    hold the candidate to."""
+    if accuracy is None:
+        return Check("new_data", f"no ingested holdout images: nothing to check against {minimum:.4f}", True)
+    above = accuracy >= minimum
+    return Check("new_data", f"{accuracy:.4f} {'≥' if above else '<'} {minimum:.4f}", above)

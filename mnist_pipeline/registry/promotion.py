@@ -90,7 +90,7 @@ def _read_for_update(store: ArtifactStore, force: bool) -> tuple[Production | No
 def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
             max_regression: float = DEFAULT_MAX_REGRESSION, allow_regression: bool = False, actor: str | None = None,
             note: str = "", source: str = "cli", summary: dict | None = None, force: bool = False,
-            attempts: int = 5) -> PromotionResult:
+            attempts: int = 5, min_new_data_accuracy: float | None = None) -> PromotionResult:
     """Gate the candidate against the current production model and, if it passes, point
     production at it. Idempotent: promoting the run that is already production is a no-op.
     `force` replaces a damaged production.json or production model (keeping the damaged bytes
@@ -121,7 +121,8 @@ def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
                 champion, damaged = None, damaged or json.dumps(current.model_dump()).encode()
         elif current:
             check_production_model(store, current)
-        decision = gate(candidate.test_accuracy, min_accuracy, champion, max_regression, allow_regression)
+        decision = gate(candidate.test_accuracy, min_accuracy, champion, max_regression, allow_regression,
+                        candidate.new_data_accuracy, min_new_data_accuracy)
         if not decision.promote:
             key = write_history(store, dict(base, decision="blocked", reason=decision.reason,
                                             production_before=before))

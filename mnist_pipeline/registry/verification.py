@@ -97,6 +97,7 @@ class Candidate:
     run_id: str
     model_sha256: str
     test_accuracy: float  # measured on these bytes, never read from a file
+    new_data_accuracy: float | None = None  # on the ingested holdout images, measured by the flow
 
     @property
     def model_key(self) -> str:
