@@ -1,6 +1,7 @@
 """The MNIST training pipeline, top to bottom:
 preflight -> fetch -> validate -> normalize -> train -> evaluate -> plots -> gate -> report ->
-store (files, then the manifest) -> promote (the last decisive write) -> publish -> retention.
+store (files, then the manifest) -> [approval, with `require_approval`] -> promote (the last
+decisive write) -> publish (artifacts, event, notification, the dashboard) -> retention.
 
 `python flows/train_flow.py --help` runs it once, locally (flows/plumbing.py: exit statuses).
 """
@@ -22,6 +23,7 @@ from mnist_pipeline.provenance import provenance
 from mnist_pipeline.registry import Candidate
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
+from tasks import approval
 from tasks.evaluate import evaluate_task
 from tasks.fetch import fetch_task
 from tasks.gate import gate_task, preflight_task, promote_task
@@ -52,6 +54,7 @@ def run_pipeline(params: TrainParams, tuning: dict | None = None):
     run_id, settings, started = plumbing.current_run_id(), load_settings(), datetime.now(timezone.utc).isoformat()
     store, origin = open_store(settings), provenance(started)
     min_accuracy = settings.min_accuracy if params.min_accuracy is None else params.min_accuracy
+    min_class_recall = settings.min_class_recall if params.min_class_recall is None else params.min_class_recall
     get_run_logger().info("run %s: %s, %s, batch %d, learning rate %g, seed %d; threshold %.4f; store %s",
                           run_id, params.model, plural(params.epochs, "epoch"), params.batch_size,
                           params.learning_rate, params.seed, min_accuracy, store.url)
@@ -65,22 +68,27 @@ def run_pipeline(params: TrainParams, tuning: dict | None = None):
         x_test, y_test = splits.x_test, splits.y_test
         del splits  # the training and validation images are done with: free them
         evaluation = evaluate_task(trained.model, x_test, y_test)
-        plots = plots_task(trained.history, evaluation, x_test, y_test, min_accuracy)
-        decision = gate_task(store, evaluation.metrics["test_accuracy"], params, min_accuracy)
+        plots = plots_task(trained.history, evaluation, x_test, y_test, min_accuracy, min_class_recall)
+        recall = {digit: m["recall"] for digit, m in evaluation.metrics["per_class"].items()}
+        decision = gate_task(store, evaluation.metrics["test_accuracy"], params, min_accuracy, recall, min_class_recall)
         comparison = compare_task(store, decision.production_run_id, y_test, evaluation.y_pred)
 
         def report(decided):
             return report_task(report_input(run_id, params, profile, evaluation, trained, decided,
                                             dict(origin, timings_s=timings), plots, comparison))
-        report_html = report(decision)
+        asks = params.require_approval and decision.promote  # a person has the last word
+        shown = approval.awaiting(decision, params.approval_timeout) if asks else decision
         manifest = store_task(store, run_id, params, min_accuracy, origin, profile, trained, evaluation, plots,
-                              report_html, decision, timings, tuning)
-    promotion = promote_task(store, Candidate(run_id, trained.model_file["sha256"], manifest.test_accuracy),
+                              report(shown), shown, timings, tuning)
+    verdict = approval.await_approval(run_id, decision, manifest.test_accuracy, report_pointer(store, run_id)[1],
+                                      params.approval_timeout) if asks else None
+    promotion = promote_task(store, Candidate(run_id, trained.model_file["sha256"], manifest.test_accuracy, recall),
                              params, min_accuracy, run_id, {"started_at": started, "model": params.model,
-                                                            "epochs": params.epochs})
+                                                            "epochs": params.epochs}, min_class_recall, verdict)
     warnings = list(promotion.warnings)
-    if promotion.decision and promotion.decision.promote != decision.promote:  # production changed meanwhile
-        warnings += restate_task(store, manifest, report(promotion.decision), promotion.decision)
+    final = approval.told(decision, promotion.decision, verdict)
+    if final != shown:  # production changed meanwhile, or a person decided
+        warnings += restate_task(store, manifest, report(final), final)
     outcome = outcome_of(run_id, promotion, manifest.test_accuracy, min_accuracy, decision.production_run_id)
     warnings += publish_task(store, settings, run_id, params.model_dump(), evaluation.metrics, outcome)
     if settings.keep_last:

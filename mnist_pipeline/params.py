@@ -43,6 +43,15 @@ ValidationSize = Annotated[int, Field(
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed for the split, initial weights and shuffling.")]
 LearningRate = Annotated[Optional[float], Field(
     gt=0.0, le=10.0, description="Peak learning rate. Empty: the model's default (README MLP: Adam at 0.001).")]
+MinClassRecall = Annotated[Optional[float], Field(
+    ge=0.0, le=1.0, description="Gate: block a model whose recall on any digit is below this. "
+                                "Empty: MNIST_MIN_CLASS_RECALL (unset: no per-digit gate).")]
+RequireApproval = Annotated[bool, Field(
+    description="Pause a run that passed the gate until a person approves it in the Prefect UI (needs a "
+                "lasting Prefect server: a deployment, or PREFECT_API_URL).")]
+DEFAULT_APPROVAL_TIMEOUT_S = 24 * 3600
+ApprovalTimeout = Annotated[int, Field(
+    ge=1, le=30 * 24 * 3600, description="Seconds to wait for an approval; then the run is Blocked.")]
 
 
 class _RunParams(BaseModel):
@@ -56,6 +65,12 @@ class _RunParams(BaseModel):
     allow_regression: AllowRegression = False
     validation_size: ValidationSize = DEFAULT_VALIDATION_SIZE
     seed: Seed = DEFAULT_SEED
+    min_class_recall: MinClassRecall = None
+    require_approval: RequireApproval = False
+    approval_timeout: ApprovalTimeout = DEFAULT_APPROVAL_TIMEOUT_S
+
+
+GATE_PARAMETERS = tuple(_RunParams.model_fields)  # what a tuning run passes on to its candidate's pipeline
 
 
 class TrainParams(_RunParams):
