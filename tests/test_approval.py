@@ -193,3 +193,24 @@ def test_a_run_without_a_lasting_prefect_server_refuses_approval_in_one_line(tmp
         "error: require_approval needs a Prefect server that outlives the run, where a person can approve it: run "
         "it from a deployment (deployments/serve.py, prefect.yaml) or set PREFECT_API_URL to a running server"]
     assert not (tmp_path / "store").exists()  # before any work
+
+
+@pytest.mark.unit
+def test_what_the_report_tells_before_and_after_a_person_decides():
+    from mnist_pipeline.registry import gate
+    from tasks import approval
+
+    passed = gate(0.98, 0.97, None)
+    waiting = approval.awaiting(passed, 90)
+    assert not waiting.promote and waiting.reason.startswith("waiting for approval until ")
+    rejected = approval.Verdict(False, "promotion blocked: rejected by bob: not now", "bob", "not now")
+    told = approval.told(passed, None, rejected)
+    assert not told.promote and told.reason == rejected.reason and told.checks[-1].text == "rejected by bob: not now"
+    approved = approval.Verdict(True, "approved by ann", "ann")
+    assert approval.told(passed, passed, approved).promote
+    lost_race = gate(0.98, 0.97, None, max_regression=0.0)  # promotion decided otherwise at its conditional write
+    lost_race = lost_race.__class__(**{**lost_race.__dict__, "promote": False, "reason": "production changed"})
+    assert approval.told(passed, lost_race, approved).reason == "production changed"
+    assert approval.told(passed, None, None) is passed
+    assert [approval.duration(s) for s in (20, 300, 86400, 5400)] == ["20 s", "5 min", "24 h", "90 min"]
+    assert [approval.poll_interval(s) for s in (5, 60, 3600, 86400)] == [1, 2, 10, 10]

@@ -35,16 +35,11 @@ def decided_by_its_flow(store, run_id: str, zoo_model):
                             summary={"started_at": datetime.now(timezone.utc).isoformat(), "model": "mlp", "epochs": 3})
 
 
-@pytest.fixture(params=["local", "s3"])
-def story(request, zoo, mnist_mirror, monkeypatch, capfd):
+def tell_the_story(store, zoo, mnist_mirror, monkeypatch, capfd):
     """Three runs, promoted (a), blocked (b), promoted (c), then `mnist-pipeline rollback` (back
     to a): the store's index.html as the rollback left it. Returns the store as the CLI opens it."""
-    store = request.getfixturevalue(f"{request.param}_store")
-    if request.param == "local":
+    if not store.url.startswith("s3://"):  # the s3 store's fixture has set the S3 environment
         monkeypatch.setenv("MNIST_STORE_URL", store.url)
-    else:  # as a browser reaches the endpoint: another host name than the pipeline's
-        monkeypatch.setenv("MNIST_S3_PUBLIC_URL", request.getfixturevalue("moto_server").endpoint.replace(
-            "127.0.0.1", "localhost"))
     monkeypatch.setenv("MNIST_MIN_ACCURACY", "0.5")  # the zoo's models score 0.1-0.82
     cache_test_set(store, mnist_mirror)
     outcomes = [decided_by_its_flow(store, run_id, zoo[i]) for run_id, i in (("run-a", 1), ("run-b", 3), ("run-c", 0))]
@@ -52,6 +47,15 @@ def story(request, zoo, mnist_mirror, monkeypatch, capfd):
     assert main(["rollback", "--reason", "run-c misreads sevens"]) == 0
     assert "Traceback" not in "".join(capfd.readouterr())
     return open_store(load_settings())
+
+
+@pytest.fixture(params=["local", "s3"])
+def story(request, zoo, mnist_mirror, monkeypatch, capfd):
+    store = request.getfixturevalue(f"{request.param}_store")
+    if request.param == "s3":  # as a browser reaches the endpoint: another host name than the pipeline's
+        monkeypatch.setenv("MNIST_S3_PUBLIC_URL", request.getfixturevalue("moto_server").endpoint.replace(
+            "127.0.0.1", "localhost"))
+    return tell_the_story(store, zoo, mnist_mirror, monkeypatch, capfd)
 
 
 def page_url(store) -> str:
@@ -106,9 +110,10 @@ def test_four_decisions_in_order_production_marked_and_every_report_link_opens(s
             assert all(url.startswith(public + "/") and "X-Amz-Signature=" in url for url in page.requests)
 
 
-def test_written_elsewhere_its_links_still_open_the_stores_reports(story, request, tmp_path, capfd):
-    if request.node.callspec.params["story"] != "local":
-        pytest.skip("on S3 the links are presigned, wherever the page is")
+def test_written_elsewhere_its_links_still_open_the_stores_reports(local_store, zoo, mnist_mirror, monkeypatch,
+                                                                    capfd, tmp_path):
+    """On a folder store; on S3 the links are presigned, wherever the page is."""
+    story = tell_the_story(local_store, zoo, mnist_mirror, monkeypatch, capfd)
     target = tmp_path / "elsewhere" / "deeper" / "dash.html"
     target.parent.mkdir(parents=True)
     assert main(["dashboard", "-o", str(target)]) == 0

@@ -209,3 +209,22 @@ def test_input_is_escaped(plots):
     html = render_report(inp).decode()
     assert "<script>x</script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
     assert "moving average &lt;of&gt; steps" in html
+
+
+def test_the_per_digit_gate_and_the_approval_are_named_in_the_checks(plots):
+    from tasks import approval
+
+    ev, _, _ = synthetic_run(15)
+    recall = {d: m["recall"] for d, m in ev.metrics["per_class"].items()}
+    lowest = min(recall.values())
+    gate = registry.gate(0.97, 0.97, None, class_recall=recall, min_class_recall=lowest + 0.001)
+    text = body_text(render_report(report_input(plots, accuracy=0.97, decision=decision_view(gate))).decode(), False)
+    assert "Not promoted" in text and "Per-digit gate: recall of digit" in text
+    assert f"below the per-digit gate {lowest + 0.001:.4f}: such a digit blocks the model" in text
+    assert "min_class_recall None" not in text
+    waiting = approval.awaiting(registry.gate(0.98, 0.97, None), 3600)
+    text = body_text(render_report(report_input(plots, accuracy=0.98, decision=decision_view(waiting))).decode())
+    assert "Not promoted" in text and "Approval: waiting for a person's approval in the Prefect UI, until" in text
+    approved = approval.with_verdict(registry.gate(0.98, 0.97, None), approval.Verdict(True, "approved by ann: ok", "ann"))
+    text = body_text(render_report(report_input(plots, accuracy=0.98, decision=decision_view(approved))).decode())
+    assert "Promoted to production" in text and "Approval: approved by ann: ok" in text
