@@ -38,9 +38,11 @@ from mnist_pipeline.store import ArtifactStore
 
 log = logging.getLogger("mnist_pipeline.dashboard")
 
-NEWEST = 50  # decisions in the table
-READ_NEWEST = 2 * NEWEST  # the newest decisions read, for the table and the newest part of the chart
-POINTS = 240  # decisions read at most for the chart: all of the newest, an even sample of the older
+# What a page costs (docs/performance.md): one listing of the history's keys, then at most POINTS
+# records and NEWEST metrics files, whatever the number of runs.
+NEWEST = 40  # decisions in the table
+READ_NEWEST = 60  # the newest decisions read, for the table and the newest part of the chart
+POINTS = 120  # decisions read at most for the chart: the newest, production's lineage, a sample of the older
 LINK_LIFETIME_S = 7 * 24 * 3600  # the longest a presigned S3 link may live (SigV4)
 READERS = 16
 
