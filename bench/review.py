@@ -159,8 +159,8 @@ def main() -> None:
     out = REPO / "bench" / "results" / f"review-{stamp}.json"
     out.write_text(json.dumps({"date": stamp, "repeats": args.repeats, "machine": os.uname().nodename,
                                "cpus": os.cpu_count(), "sizes": sizes}, indent=2))
-    print("dashboard page: " + ", ".join(f"{s['commands']['dashboard']['page_bytes'] / 1024:.0f} KB at {s['runs']:,} runs"
-                                         for s in sizes))
+    pages = [f"{s['commands']['dashboard']['page_bytes'] / 1024:.0f} KB at {s['runs']:,} runs" for s in sizes]
+    print("dashboard page: " + ", ".join(pages))
     print(f"\nwritten {out.relative_to(REPO)}")
 
 

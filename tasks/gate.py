@@ -27,7 +27,8 @@ def preflight(store: ArtifactStore) -> registry.Production | None:
 
 
 def decide(store: ArtifactStore, accuracy: float, params: TrainParams, min_accuracy: float,
-           class_recall: dict[str, float] | None = None, min_class_recall: float | None = None) -> registry.GateDecision:
+           class_recall: dict[str, float] | None = None,
+           min_class_recall: float | None = None) -> registry.GateDecision:
     production, _ = registry.read_production(store)
     if production is not None:
         registry.check_production_model(store, production)  # a champion must be what was promoted
@@ -45,7 +46,8 @@ def preflight_task(store: ArtifactStore) -> registry.Production | None:
 
 @stage("gate", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def gate_task(store: ArtifactStore, accuracy: float, params: TrainParams, min_accuracy: float,
-              class_recall: dict[str, float] | None = None, min_class_recall: float | None = None) -> registry.GateDecision:
+              class_recall: dict[str, float] | None = None,
+              min_class_recall: float | None = None) -> registry.GateDecision:
     decision = decide(store, accuracy, params, min_accuracy, class_recall, min_class_recall)
     get_run_logger().info("gate: %s: %s", "promote" if decision.promote else "block", decision.reason)
     return decision

@@ -132,7 +132,8 @@ def parameter_rows(params: dict, applied_min_accuracy: float,
     rows = []
     for name, value in params.items():
         if name == "min_class_recall" and value is None and applied_min_class_recall is not None:
-            rows.append((name, f"{applied_min_class_recall:.4f} (not set for this run: MNIST_MIN_CLASS_RECALL applied)"))
+            rows.append((name, f"{applied_min_class_recall:.4f} (not set for this run: "
+                               "MNIST_MIN_CLASS_RECALL applied)"))
         elif name == "min_accuracy":
             shown = (f"{applied_min_accuracy:.4f}" if value is None and applied_min_accuracy is not None
                      else f"{value:.4f}" if isinstance(value, float) else str(value))

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -52,8 +51,8 @@ def served(prefect_server, moto_server, mnist_mirror, tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "deployments/serve.py", "--name", "approval", "--parameters",
                              '{"epochs": 1, "min_accuracy": 0.9, "require_approval": true}'],
                             cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    store = open_store(load_settings(**{k: env[k] for k in (
-        "MNIST_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MNIST_S3_PUBLIC_URL")}))
+    names = ("MNIST_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MNIST_S3_PUBLIC_URL")
+    store = open_store(load_settings(**{k: env[k] for k in names}))
     try:
         yield SimpleNamespace(env=env, log=log, receiver=receiver, store=store)
     finally:

@@ -145,7 +145,8 @@ def test_render_plots_gives_a_png_for_every_caption_in_report_order():
 
 
 def test_the_per_digit_gate_is_drawn_and_the_digits_below_it_stand_out():
-    per_class = {str(d): {"recall": r} for d, r in enumerate([0.99, 0.99, 0.98, 0.98, 0.98, 0.963, 0.98, 0.967, 0.97, 0.97])}
+    recall = [0.99, 0.99, 0.98, 0.98, 0.98, 0.963, 0.98, 0.967, 0.97, 0.97]
+    per_class = {str(d): {"recall": r} for d, r in enumerate(recall)}
     fig = per_class_figure(per_class, 0.97, 0.979, min_class_recall=0.968)
     try:
         ax = fig.axes[0]

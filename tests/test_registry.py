@@ -55,7 +55,8 @@ def test_the_per_digit_gate_blocks_naming_each_digit_below_it_and_its_recall():
     passed = registry.gate(0.979, 0.97, None, class_recall=RECALL, min_class_recall=0.96)
     assert passed.promote and passed.checks[1].text == "lowest recall 0.9630 (digit 5) ≥ 0.9600"
     both = registry.gate(0.969, 0.97, None, class_recall=RECALL, min_class_recall=0.97)
-    assert both.reason == "promotion blocked: 0.9690 < 0.9700; per-digit gate: recall of digits 5 (0.9630), 7 (0.9669) < 0.9700"
+    assert both.reason == ("promotion blocked: 0.9690 < 0.9700; "
+                           "per-digit gate: recall of digits 5 (0.9630), 7 (0.9669) < 0.9700")
     assert registry.gate(0.979, 0.97, None, class_recall=RECALL).promote  # off unless asked for
     with pytest.raises(ValueError):  # a rule that cannot be checked is never taken as passed
         registry.gate(0.979, 0.97, None, min_class_recall=0.9)

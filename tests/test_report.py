@@ -225,6 +225,7 @@ def test_the_per_digit_gate_and_the_approval_are_named_in_the_checks(plots):
     waiting = approval.awaiting(registry.gate(0.98, 0.97, None), 3600)
     text = body_text(render_report(report_input(plots, accuracy=0.98, decision=decision_view(waiting))).decode())
     assert "Not promoted" in text and "Approval: waiting for a person's approval in the Prefect UI, until" in text
-    approved = approval.with_verdict(registry.gate(0.98, 0.97, None), approval.Verdict(True, "approved by ann: ok", "ann"))
+    approved = approval.with_verdict(registry.gate(0.98, 0.97, None),
+                                     approval.Verdict(True, "approved by ann: ok", "ann"))
     text = body_text(render_report(report_input(plots, accuracy=0.98, decision=decision_view(approved))).decode())
     assert "Promoted to production" in text and "Approval: approved by ann: ok" in text

@@ -8,7 +8,8 @@ pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for name in ("MNIST_STORE_URL", "MNIST_MIRRORS", "MNIST_MIN_ACCURACY", "MNIST_MIN_CLASS_RECALL", "AWS_ENDPOINT_URL_S3",
+    for name in ("MNIST_STORE_URL", "MNIST_MIRRORS", "MNIST_MIN_ACCURACY", "MNIST_MIN_CLASS_RECALL",
+                 "AWS_ENDPOINT_URL_S3",
                  "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
 

@@ -35,8 +35,9 @@ def promote(
     allow_regression: bool = typer.Option(False, "--allow-regression"),
     force: bool = typer.Option(False, "--force", help="Replace a damaged production.json or production "
                                "model (its bytes are kept in the history record); the threshold still applies."),
-    min_class_recall: Optional[float] = typer.Option(None, "--min-class-recall", min=0.0, max=1.0,
-                                                     help="Per-digit gate. Default: MNIST_MIN_CLASS_RECALL (unset: off)."),
+    min_class_recall: Optional[float] = typer.Option(
+        None, "--min-class-recall", min=0.0, max=1.0,
+        help="Per-digit gate. Default: MNIST_MIN_CLASS_RECALL (unset: off)."),
 ) -> None:
     """Put a finished run's model in production, through the same gate as the flow. Its accuracy
     (and each digit's recall) is measured again on the test set: no file's word is taken for it."""

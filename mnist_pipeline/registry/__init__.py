@@ -23,7 +23,8 @@ from mnist_pipeline.registry.verification import (Candidate, check_production_mo
                                                   read_production_raw, sha256, stored_candidate, verified_bytes)
 
 __all__ = ["Candidate", "Check", "GateDecision", "HistoryRecord", "Production", "PromotionResult", "ROLLBACK_DEPTH",
-           "StackEntry", "VERIFY_HINT", "check_production_model", "collected", "collected_files", "decline", "default_actor",
+           "StackEntry", "VERIFY_HINT", "check_production_model", "collected", "collected_files", "decline",
+           "default_actor",
            "gate", "history_key_run_id", "history_key_time", "history_keys", "history_keys_newest_first",
            "measure_on_test_set", "newest_history_keys", "parse_history_record", "parse_production", "promote",
            "read_history", "read_history_record", "read_manifest", "read_production", "read_production_raw",

@@ -44,8 +44,8 @@ def class_recall_check(class_recall: dict[str, float], min_class_recall: float) 
     below = sorted((d for d, r in class_recall.items() if r < min_class_recall), key=int)
     if below:
         digits = ", ".join(f"{d} ({class_recall[d]:.4f})" for d in below)
-        return Check("class_recall", f"recall of digit{'s' if len(below) > 1 else ''} {digits} < {min_class_recall:.4f}",
-                     False)
+        plural = "s" if len(below) > 1 else ""
+        return Check("class_recall", f"recall of digit{plural} {digits} < {min_class_recall:.4f}", False)
     lowest = min(class_recall, key=lambda d: (class_recall[d], int(d)))
     return Check("class_recall", f"lowest recall {class_recall[lowest]:.4f} (digit {lowest}) ≥ {min_class_recall:.4f}",
                  True)
