@@ -200,3 +200,14 @@ def test_a_dashboard_that_cannot_be_written_is_a_warning_not_another_outcome(loc
     out, err = capfd.readouterr()
     assert "promoted: run-a is in production" in out and "Traceback" not in out + err
     assert re.search(r"warning: the dashboard \(.*index.html\) could not be refreshed: ", err), err
+
+
+def test_a_damaged_record_is_named_on_the_page_which_is_built_all_the_same(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    registry.write_history(store, {"run_id": "run-ok", "decision": "blocked", "test_accuracy": 0.96, "source": "flow",
+                                   "reason": "promotion blocked: 0.9600 < 0.9700"})
+    damaged = keys.history_record("20260101T000000.000000Z", "run-bad")
+    store.put(damaged, b"{not json")
+    page = dashboard.build(store, 0.97).decode()
+    assert "Problems in the registry" in page and f"{damaged} is damaged: not JSON" in page
+    assert "run-ok" in page and "2 runs, 2 decisions" in page
