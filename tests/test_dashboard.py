@@ -177,12 +177,16 @@ def test_a_long_history_costs_a_bounded_number_of_reads(tmp_path, monkeypatch):
     assert page.count('r="4.5"') <= dashboard.POINTS and len(page) < 300_000
 
 
-def test_refreshed_by_promote_and_rollback_and_known_to_verify(story, request, capfd):
+def test_refreshed_by_promote_rollback_and_gc_and_known_to_verify(story, request, capfd):
     store = story
     before = store.get(keys.DASHBOARD)
     assert main(["promote", "run-c", "--reason", "sevens fixed"]) == 0
     after = store.get(keys.DASHBOARD).decode()
     assert after != before.decode() and "sevens fixed" in after
+    assert "testing-secret" not in after  # presigned on S3: signed with the key, never carrying it
+    store.delete(keys.DASHBOARD)
+    assert main(["gc", "--keep-last", "1"]) == 0
+    assert "sevens fixed" in store.get(keys.DASHBOARD).decode()
     capfd.readouterr()
     assert main(["verify"]) == 0, capfd.readouterr()
     assert "foreign" not in capfd.readouterr().out
