@@ -5,10 +5,11 @@
 For each size, a fresh bucket on a moto S3 server on 127.0.0.1 is filled with that many runs as
 the flow stores them (model, metrics, predictions, plots, report, manifest and the flow's history
 record; real small Keras models), two of them promoted. Then `mnist-pipeline runs`, `history`,
-`promote`, `rollback` and `compare` run as a user runs them, each `--repeats` times as a fresh
+`promote`, `rollback`, `compare` and `dashboard` run as a user runs them, each `--repeats` times as a fresh
 `mnist-pipeline` process (median wall time, start-up included), and once more in this process
 through the CLI's entry point to count the S3 requests it makes (a botocore event hook) and to
-time it without start-up. Results go to bench/results/review-<UTC time>.json.
+time it without start-up; the dashboard's page size is printed too. Results go to
+bench/results/review-<UTC time>.json.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def fill(store, n: int, zoo, mirror: Path) -> None:
 
 
 CLI = str(Path(sys.executable).parent / "mnist-pipeline")
+PAGE = REPO / "bench" / "out" / "dashboard.html"  # gitignored
 
 
 def measure(args, repeats: int) -> dict:
@@ -123,7 +125,9 @@ def bench_size(n: int, endpoint: str, zoo, mirror: Path, repeats: int) -> dict:
         # each rollback undoes one of the promotions above, so every attempt has one to undo
         "rollback": measure(["rollback"], repeats),
         "compare": measure(["compare", candidates[0], candidates[1]], repeats),
+        "dashboard": measure(["dashboard", "-o", str(PAGE)], repeats),
     }
+    results["dashboard"]["page_bytes"] = PAGE.stat().st_size
     return {"runs": n, "fill_seconds": round(filled, 1), "commands": results}
 
 
@@ -136,6 +140,7 @@ def main() -> None:
     from tests.fakes import model_zoo
 
     counting_clients()
+    PAGE.parent.mkdir(parents=True, exist_ok=True)
     zoo = model_zoo(Path(args.mirror))
     moto, endpoint = start_moto()
     try:
@@ -154,6 +159,8 @@ def main() -> None:
     out = REPO / "bench" / "results" / f"review-{stamp}.json"
     out.write_text(json.dumps({"date": stamp, "repeats": args.repeats, "machine": os.uname().nodename,
                                "cpus": os.cpu_count(), "sizes": sizes}, indent=2))
+    pages = [f"{s['commands']['dashboard']['page_bytes'] / 1024:.0f} KB at {s['runs']:,} runs" for s in sizes]
+    print("dashboard page: " + ", ".join(pages))
     print(f"\nwritten {out.relative_to(REPO)}")
 
 

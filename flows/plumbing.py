@@ -317,6 +317,17 @@ def exit_status(state: State) -> int:
     return EXIT_FAILED
 
 
+def refuse_approval_without_a_lasting_server(params: dict) -> None:
+    """A run that waits for a person needs a Prefect server that is still there when they answer:
+    the temporary one of `python flows/X.py` ends with the run."""
+    from prefect.settings import PREFECT_API_URL
+
+    if params.get("require_approval") and not PREFECT_API_URL.value():
+        raise ConfigError("require_approval needs a Prefect server that outlives the run, where a person can "
+                          "approve it: run it from a deployment (deployments/serve.py, prefect.yaml) or set "
+                          "PREFECT_API_URL to a running server")
+
+
 def main(flow, schema: type[BaseModel], argv: list[str] | None = None) -> int:
     """`python flows/X.py [options]`: run `flow` once with a temporary Prefect server (unless
     PREFECT_API_URL is set), print one line, exit with the run's status. The options are
@@ -328,6 +339,7 @@ def main(flow, schema: type[BaseModel], argv: list[str] | None = None) -> int:
     try:
         load_settings()  # fail before any work on a bad environment
         params = parse_params(schema, **args).model_dump()
+        refuse_approval_without_a_lasting_server(params)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,7 +1,8 @@
 """The MNIST training pipeline, top to bottom:
 preflight -> data versions (an unchanged run ends here) -> fetch -> validate -> ingested data ->
 normalize -> train -> evaluate (and on new data) -> plots -> gate -> report -> store (files, then
-the manifest) -> promote (the last decisive write) -> publish -> retention.
+the manifest) -> [approval, with `require_approval`] -> promote (the last decisive write) ->
+publish (artifacts, event, notification, the dashboard) -> retention.
 
 `python flows/train_flow.py --help` runs it once, locally (flows/plumbing.py: exit statuses).
 """
@@ -23,6 +24,7 @@ from mnist_pipeline.provenance import provenance
 from mnist_pipeline.registry import Candidate
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
+from tasks import approval
 from tasks.evaluate import evaluate_task
 from tasks.data import ingested_task, inputs_task, new_data_accuracy, new_data_task, select_versions_task
 from tasks.fetch import fetch_task
@@ -56,6 +58,7 @@ def run_pipeline(params: TrainParams, tuning: dict | None = None):
     run_id, settings, started = plumbing.current_run_id(), load_settings(), datetime.now(timezone.utc).isoformat()
     store, origin = open_store(settings), provenance(started)
     min_accuracy = settings.min_accuracy if params.min_accuracy is None else params.min_accuracy
+    min_class_recall = settings.min_class_recall if params.min_class_recall is None else params.min_class_recall
     get_run_logger().info("run %s: %s, %s, batch %d, learning rate %g, seed %d; threshold %.4f; store %s",
                           run_id, params.model, plural(params.epochs, "epoch"), params.batch_size,
                           params.learning_rate, params.seed, min_accuracy, store.url)
@@ -76,23 +79,30 @@ def run_pipeline(params: TrainParams, tuning: dict | None = None):
         evaluation = evaluate_task(trained.model, x_test, y_test)
         evaluation.metrics.update(new_data_task(store, trained.model, holdout, production))
         new_data = new_data_accuracy(evaluation.metrics)
-        plots = plots_task(trained.history, evaluation, x_test, y_test, min_accuracy)
-        decision = gate_task(store, evaluation.metrics["test_accuracy"], params, min_accuracy, new_data)
+        recall = {digit: m["recall"] for digit, m in evaluation.metrics["per_class"].items()}
+        plots = plots_task(trained.history, evaluation, x_test, y_test, min_accuracy, min_class_recall)
+        decision = gate_task(store, evaluation.metrics["test_accuracy"], params, min_accuracy, new_data, recall,
+                             min_class_recall)
         comparison = compare_task(store, decision.production_run_id, y_test, evaluation.y_pred)
 
         def report(decided):
             return report_task(report_input(run_id, params, profile, evaluation, trained, decided,
                                             dict(origin, timings_s=timings), plots, comparison))
-        report_html = report(decision)
+        asks = params.require_approval and decision.promote  # a person has the last word
+        shown = approval.awaiting(decision, params.approval_timeout) if asks else decision
         manifest = store_task(store, run_id, params, min_accuracy, origin, profile, trained, evaluation, plots,
-                              report_html, decision, timings, tuning)
-    promotion = promote_task(store, Candidate(run_id, trained.model_file["sha256"], manifest.test_accuracy, new_data),
-                             params, min_accuracy, run_id, {"started_at": started, "model": params.model,
-                                                            "epochs": params.epochs,
-                                                            "new_data": evaluation.metrics.get("new_data")})
+                              report(shown), shown, timings, tuning)
+    verdict = approval.await_approval(run_id, decision, manifest.test_accuracy, report_pointer(store, run_id)[1],
+                                      params.approval_timeout) if asks else None
+    candidate = Candidate(run_id, trained.model_file["sha256"], manifest.test_accuracy, new_data_accuracy=new_data,
+                          class_recall=recall)
+    promotion = promote_task(store, candidate, params, min_accuracy, run_id,
+                             {"started_at": started, "model": params.model, "epochs": params.epochs,
+                              "new_data": evaluation.metrics.get("new_data")}, min_class_recall, verdict)
     warnings = list(promotion.warnings)
-    if promotion.decision and promotion.decision.promote != decision.promote:  # production changed meanwhile
-        warnings += restate_task(store, manifest, report(promotion.decision), promotion.decision)
+    final = approval.told(decision, promotion.decision, verdict)
+    if final != shown:  # production changed meanwhile, or a person decided
+        warnings += restate_task(store, manifest, report(final), final)
     outcome = outcome_of(run_id, promotion, manifest.test_accuracy, min_accuracy, decision.production_run_id)
     warnings += publish_task(store, settings, run_id, params.model_dump(), evaluation.metrics, outcome)
     if settings.keep_last:

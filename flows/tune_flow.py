@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from flows import plumbing
 from flows.train_flow import run_pipeline
 from mnist_pipeline import keys
-from mnist_pipeline.params import TrainParams, TuneParams, flow_parameters
+from mnist_pipeline.params import GATE_PARAMETERS, TrainParams, TuneParams, flow_parameters
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import open_store
 from tasks.fetch import fetch_task
@@ -49,8 +49,7 @@ def tune_flow(**parameters):
     best = summary["best"]
     log.info("best: trial %s, val_accuracy %.4f, %s", best["trial_id"], best["val_accuracy"], best["hyperparameters"])
     hp = best["hyperparameters"]
-    gate_params = p.model_dump(include={"model", "min_accuracy", "max_regression", "allow_regression",
-                                        "validation_size", "seed", "data_version", "min_new_data_accuracy"})
+    gate_params = p.model_dump(include=set(GATE_PARAMETERS))
     params = TrainParams(**gate_params, epochs=trial_epochs(hp, p.epochs), batch_size=int(hp["batch_size"]),
                          learning_rate=float(hp["learning_rate"]))
     tuning = {"search": keys.tuning_search(run_id), "report": keys.tuning_report(run_id),

@@ -9,6 +9,7 @@ The same keys under the store URL for S3 and a folder (docs/pipeline.md):
                  plots/<name>.png, manifest.json, collected.json, tuning/...
     registry/production.json                       the model in production and its rollback stack
     registry/history/<UTC time>-<run_id>.json      one record per decision
+    index.html                                     the dashboard: every run on one page
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ MNIST_CACHE = "datasets/mnist/"
 REGISTRY = "registry/"
 PRODUCTION = "registry/production.json"
 HISTORY = "registry/history/"
+DASHBOARD = "index.html"
 INGESTED = "datasets/ingested/"
 DATA_VERSIONS, DATA_IMAGES = INGESTED + "versions/", INGESTED + "images/"
-TOP_LEVEL = (RUNS, REGISTRY, MNIST_CACHE, INGESTED)  # anything else in a store is foreign
+TOP_LEVEL = (RUNS, REGISTRY, MNIST_CACHE, INGESTED, DASHBOARD)  # anything else in a store is foreign
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # Prefect's are UUIDs
 

@@ -277,8 +277,15 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int = 1000) -> 
 
 def measured_accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
     """Test accuracy as the flow's evaluate stage measures it (same batches, same rounding)."""
+    return measured_scores(model, images, labels)[0]
+
+
+def measured_scores(model, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Test accuracy, and each digit's recall rounded as the evaluate stage's per-class metrics."""
     predicted = predict_probabilities(model, images).argmax(axis=1)
-    return round(float(np.mean(predicted == labels)), 6)
+    right = predicted == labels
+    recall = {str(d): round(float(right[labels == d].mean()), 5) for d in range(10) if (labels == d).any()}
+    return round(float(np.mean(right)), 6), recall
 
 
 # -- saving and loading ----------------------------------------------------------------------------

@@ -52,6 +52,15 @@ MinNewDataAccuracy = Annotated[Optional[float], Field(
 SkipUnchanged = Annotated[bool, Field(
     description="End at once, as Unchanged, when the dataset versions, code and parameters are those of "
                 "production's run (the deployments set it).")]
+MinClassRecall = Annotated[Optional[float], Field(
+    ge=0.0, le=1.0, description="Gate: block a model whose recall on any digit is below this. "
+                                "Empty: MNIST_MIN_CLASS_RECALL (unset: no per-digit gate).")]
+RequireApproval = Annotated[bool, Field(
+    description="Pause a run that passed the gate until a person approves it in the Prefect UI (needs a "
+                "lasting Prefect server: a deployment, or PREFECT_API_URL).")]
+DEFAULT_APPROVAL_TIMEOUT_S = 24 * 3600
+ApprovalTimeout = Annotated[int, Field(
+    ge=1, le=30 * 24 * 3600, description="Seconds to wait for an approval; then the run is Blocked.")]
 
 
 class _RunParams(BaseModel):
@@ -67,6 +76,12 @@ class _RunParams(BaseModel):
     seed: Seed = DEFAULT_SEED
     data_version: DataVersion = None
     min_new_data_accuracy: MinNewDataAccuracy = None
+    min_class_recall: MinClassRecall = None
+    require_approval: RequireApproval = False
+    approval_timeout: ApprovalTimeout = DEFAULT_APPROVAL_TIMEOUT_S
+
+
+GATE_PARAMETERS = tuple(_RunParams.model_fields)  # what a tuning run passes on to its candidate's pipeline
 
 
 class TrainParams(_RunParams):

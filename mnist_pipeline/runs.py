@@ -168,7 +168,7 @@ def run_order(store: ArtifactStore) -> list[tuple[datetime, str, str | RunSummar
     return order
 
 
-def _is_flow_decision(record: registry.HistoryRecord) -> bool:
+def is_flow_decision(record: registry.HistoryRecord) -> bool:
     """The run's own flow decided (not a later `promote` or `rollback` of it)."""
     return record.source == "flow" or record.actor.startswith("flow-run:")
 
@@ -186,7 +186,7 @@ def newest_decided_runs(store: ArtifactStore, limit: int) -> tuple[list[RunSumma
         if run_id in seen:
             continue
         record = registry.read_history_record(store, key)
-        if _is_flow_decision(record):
+        if is_flow_decision(record):
             seen.add(run_id)
             summaries.append(_summary_from(store, run_id, key, record))
     return summaries, True

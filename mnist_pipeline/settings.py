@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     notify_on: Literal["problems", "all"] = Field("problems", validation_alias="MNIST_NOTIFY_ON")
     dask_address: str | None = Field(None, validation_alias="MNIST_DASK_ADDRESS")
     keep_last: int | None = Field(None, ge=1, validation_alias="MNIST_KEEP_LAST")
+    min_class_recall: float | None = Field(None, ge=0.0, le=1.0, validation_alias="MNIST_MIN_CLASS_RECALL")
 
     @field_validator("mirrors", mode="before")
     @classmethod
@@ -85,7 +86,8 @@ class Settings(BaseSettings):
             value = tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("keep_last", "dask_address", "s3_public_url", "aws_default_region", mode="before")
+    @field_validator("keep_last", "dask_address", "s3_public_url", "aws_default_region", "min_class_recall",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -36,7 +36,8 @@ plot_captions: dict[str, str] = {
     "per_class_accuracy.png": (
         "Accuracy on each digit (recall: the share of that digit's test images classified "
         "correctly) against the gate threshold, which the overall test accuracy must reach. "
-        "Digits below the line, in orange, pull the overall accuracy down."),
+        "Digits below the line, in orange, pull the overall accuracy down. With a per-digit gate "
+        "(--min-class-recall), its line is drawn too, and a digit below it, in red, blocks the model."),
     "confident_mistakes.png": (
         "The test images the model got wrong while most sure of itself, most confident first: "
         "true digit, prediction and its probability, and the runner-up class with its "
@@ -182,20 +183,25 @@ def per_class_ylim(recalls: list[float], min_accuracy: float) -> tuple[float, fl
 
 
 def per_class_figure(per_class: dict[str, dict[str, float]], min_accuracy: float,
-                     overall_accuracy: float | None = None):
+                     overall_accuracy: float | None = None, min_class_recall: float | None = None):
+    """`min_class_recall`: the per-digit gate, when set: a digit below it blocks the model (red)."""
     import matplotlib.pyplot as plt
 
     digits = sorted(per_class, key=int)
     recall = [per_class[d]["recall"] for d in digits]
     fig, ax = plt.subplots(figsize=(5.6, 3.9))
-    colours = [GATE if r < min_accuracy else RIGHT for r in recall]
+    colours = [WRONG if min_class_recall is not None and r < min_class_recall else GATE if r < min_accuracy else RIGHT
+               for r in recall]
     ax.bar(range(len(digits)), recall, color=colours, width=0.72)
     for c, v in enumerate(recall):
         ax.text(c, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8.5, zorder=4,
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6, "alpha": 0.85})
-    ax.set_ylim(*per_class_ylim(recall, min_accuracy))
+    ax.set_ylim(*per_class_ylim(recall, min(min_accuracy, min_class_recall if min_class_recall is not None else 1)))
     ax.axhline(min_accuracy, color=GATE, ls="--", lw=1.6,
                label=f"gate threshold {min_accuracy:.4f} (for the overall accuracy)")
+    if min_class_recall is not None:
+        ax.axhline(min_class_recall, color=WRONG, ls="-.", lw=1.6,
+                   label=f"per-digit gate {min_class_recall:.4f}: a digit below it blocks the model")
     if overall_accuracy is not None:
         ax.axhline(overall_accuracy, color=NEUTRAL, ls=":", lw=1.4,
                    label=f"this run's overall accuracy {overall_accuracy:.4f}")
@@ -293,9 +299,10 @@ def _samples_png(evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray,
 
 
 def render_plots(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray,
-                 min_accuracy: float, seed: int = 0) -> dict[str, bytes]:
+                 min_accuracy: float, seed: int = 0, min_class_recall: float | None = None) -> dict[str, bytes]:
     """PNG bytes by file name, in the order of `plot_captions`. `min_accuracy` is the gate
-    threshold actually applied (drawn on the per-class chart)."""
+    threshold actually applied, `min_class_recall` the per-digit gate (both drawn on the
+    per-class chart)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -304,7 +311,7 @@ def render_plots(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_te
         "learning_curves.png": _png(learning_curves_figure(history)),
         "confusion_matrix.png": _png(confusion_figure(metrics["confusion_matrix"])),
         "per_class_accuracy.png": _png(per_class_figure(metrics["per_class"], min_accuracy,
-                                                        metrics.get("test_accuracy"))),
+                                                        metrics.get("test_accuracy"), min_class_recall)),
         "confident_mistakes.png": _mistakes_png(evaluation, x_test, y_test),
         "sample_predictions.png": _samples_png(evaluation, x_test, y_test, seed),
     }
@@ -312,5 +319,5 @@ def render_plots(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_te
 
 @stage("plots")
 def plots_task(history: dict, evaluation: Evaluation, x_test: np.ndarray, y_test: np.ndarray,
-               min_accuracy: float) -> dict[str, bytes]:
-    return render_plots(history, evaluation, x_test, y_test, min_accuracy)
+               min_accuracy: float, min_class_recall: float | None = None) -> dict[str, bytes]:
+    return render_plots(history, evaluation, x_test, y_test, min_accuracy, min_class_recall=min_class_recall)

@@ -1,7 +1,8 @@
-"""publish: what people and automations see of a decided run. Prefect artifacts under stable
-keys (their descriptions carry "0.9790 · promoted", so a key's timeline reads as a history),
-a Prefect event per decision (mnist.model.promoted / mnist.promotion.blocked) to build
-automations on, and a notification (MNIST_NOTIFY_URL).
+"""publish: what people and automations see of a decided run. The store's dashboard (index.html,
+every run on one page) rebuilt; Prefect artifacts under stable keys (their descriptions carry
+"0.9790 · promoted", so a key's timeline reads as a history; `mnist-report` links the run's
+report and the dashboard), a Prefect event per decision (mnist.model.promoted /
+mnist.promotion.blocked) to build automations on, and a notification (MNIST_NOTIFY_URL).
 
 All of it after the decision, and none of it can change the decision: a failure here is a
 warning in the log.
@@ -13,7 +14,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from mnist_pipeline import keys, notify
+from mnist_pipeline import dashboard, keys, notify
 from mnist_pipeline.redaction import redact, redact_url
 from mnist_pipeline.run_inputs import ranges
 from mnist_pipeline.registry import PromotionResult
@@ -75,21 +76,29 @@ def publish_artifacts(store: ArtifactStore, run_id: str, params: dict, metrics: 
     rows = [{"digit": d, **m} for d, m in metrics["per_class"].items()]
     create_table_artifact(rows, key="mnist-per-class-metrics", description=f"{stamp}: per-class test metrics")
     link_artifact(store, keys.report(run_id), "mnist-report", f"report.html of {run_id}",
-                  f"{stamp}: the full report", open_with=f"mnist-pipeline report {run_id} --open")
+                  f"{stamp}: the full report, and the dashboard", open_with=f"mnist-pipeline report {run_id} --open",
+                  also=(keys.DASHBOARD, "the dashboard: every run on one page", "mnist-pipeline dashboard --open"))
 
 
 def link_artifact(store: ArtifactStore, key: str, artifact_key: str, link_text: str,
-                  description: str | None = None, open_with: str = "") -> None:
-    """A link artifact that opens `key` (presigned on S3: it expires in 7 days). On a folder store
-    a file:// link does not open from the UI's http page: a note says where the file is instead,
-    and `open_with`, the command that opens it."""
+                  description: str | None = None, open_with: str = "",
+                  also: tuple[str, str, str] | None = None) -> None:
+    """A link artifact that opens `key` (presigned on S3: it expires in 7 days); with `also` (key,
+    text, command), a markdown artifact with both links. On a folder store a file:// link does not
+    open from the UI's http page: a note says where the files are instead, and `open_with`, the
+    command that opens each."""
     url = store.link(key)
-    if url:
+    if url and not also:
         create_link_artifact(redact_url(url), link_text=link_text, key=artifact_key, description=description)
         return
+    if url:
+        create_markdown_artifact(redact(f"[{link_text}]({url})\n\n[{also[1]}]({store.link(also[0])})"),
+                                 key=artifact_key, description=description)
+        return
     how = f"\n\nOpen it with `{open_with}`." if open_with else ""
-    create_markdown_artifact(redact(f"{link_text} is in the store's folder:\n\n`{store.location(key)}`{how}"),
-                             key=artifact_key, description=description)
+    more = f"\n\n{also[1].capitalize()}: `{store.location(also[0])}` (`{also[2]}`)." if also else ""
+    text = f"{link_text} is in the store's folder:\n\n`{store.location(key)}`{how}{more}"
+    create_markdown_artifact(redact(text), key=artifact_key, description=description)
 
 
 def emit_outcome_event(outcome: notify.Outcome, store_url: str | None, **payload) -> None:
@@ -119,9 +128,10 @@ def outcome_of(run_id: str, result: PromotionResult, accuracy: float, min_accura
 @stage("publish")
 def publish_task(store: ArtifactStore, settings: Settings, run_id: str, params: dict, metrics: dict,
                  outcome: notify.Outcome) -> list[str]:
-    """Artifacts, the event, the notification; returns the warnings (never raises)."""
+    """The dashboard, artifacts, the event, the notification; returns the warnings (never raises)."""
     log, warnings = get_run_logger(), []
-    steps = (("artifacts", lambda: publish_artifacts(store, run_id, params, metrics, outcome)),
+    steps = (("dashboard", lambda: dashboard.refresh(store, settings.min_accuracy)),
+             ("artifacts", lambda: publish_artifacts(store, run_id, params, metrics, outcome)),
              ("event", lambda: emit_outcome_event(outcome, store.url)),
              ("notification", lambda: warnings.extend(notify.send(
                  settings, notify.Outcome(**{**outcome.__dict__, "report": report_pointer(store, run_id)[1]})))))

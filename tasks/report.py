@@ -27,7 +27,8 @@ def plural(count: int | float, noun: str, plural_form: str | None = None) -> str
 
 _ENV.filters["plural"] = plural
 # What the report calls each of the gate's checks (mnist_pipeline/registry/gate.py `Check.rule`).
-CHECK_NAMES = {"threshold": "Threshold", "champion": "Against production", "new_data": "New data"}
+CHECK_NAMES = {"threshold": "Threshold", "champion": "Against production", "new_data": "New data",
+               "class_recall": "Per-digit gate", "approval": "Approval"}
 
 
 @dataclass
@@ -65,7 +66,7 @@ def render_report(inp: ReportInput) -> bytes:
         inp=inp, m=inp.metrics, figures=figures, extra_figures=extra,
         verdict=verdict(inp.decision), checks=inp.decision.get("checks") or [], check_names=CHECK_NAMES,
         comparison=comparison_view(inp.comparison, inp.metrics.get("per_class")) if inp.comparison else None,
-        parameters=parameter_rows(inp.params, inp.decision["min_accuracy"]),
+        parameters=parameter_rows(inp.params, inp.decision["min_accuracy"], inp.decision.get("min_class_recall")),
         timings=timing_rows(inp.provenance.get("timings_s") or {}),
         epochs_run=len(inp.history.get("loss", [])),
         started=_readable_time(inp.provenance.get("started_at")),
@@ -128,11 +129,15 @@ def format_p(p: float) -> str:
     return f"{p:.2e}" if p < 0.001 else f"{p:.3f}"
 
 
-def parameter_rows(params: dict, applied_min_accuracy: float) -> list[tuple[str, str]]:
+def parameter_rows(params: dict, applied_min_accuracy: float,
+                   applied_min_class_recall: float | None = None) -> list[tuple[str, str]]:
     """Parameters as set for the run; a threshold left unset shows the one that applied."""
     rows = []
     for name, value in params.items():
-        if name == "min_accuracy":
+        if name == "min_class_recall" and value is None and applied_min_class_recall is not None:
+            rows.append((name, f"{applied_min_class_recall:.4f} (not set for this run: "
+                               "MNIST_MIN_CLASS_RECALL applied)"))
+        elif name == "min_accuracy":
             shown = (f"{applied_min_accuracy:.4f}" if value is None and applied_min_accuracy is not None
                      else f"{value:.4f}" if isinstance(value, float) else str(value))
             if value is None:

@@ -25,6 +25,14 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Where the screenshots of the pages the tests opened in Chromium are (tests/browser.py)."""
+    from tests.browser import ARTIFACTS, taken
+
+    if taken:
+        terminalreporter.write_line(f"screenshots of the pages opened in Chromium ({len(taken)}): {ARTIFACTS}/")
+
+
 @pytest.fixture(scope="session")
 def mnist_mirror() -> Path:
     """The official files, from ../shared/data/mnist (or MNIST_TEST_MIRROR)."""

@@ -82,8 +82,8 @@ def store_run(store: ArtifactStore, run_id: str, zoo_model: ZooModel, *, minutes
         prefix + "plots/confusion_matrix.png": b"\x89PNG fake",
         prefix + "report.html": f"<html>report of {run_id}</html>".encode(),
     }
-    for key, data in files.items():
-        store.put(key, data)
+    for key, data in files.items():  # with the content types the flow gives them: a browser opens the report
+        store.put(key, data, "text/html; charset=utf-8" if key.endswith(".html") else "application/octet-stream")
     manifest = {"run_id": run_id, "started_at": started.isoformat(),
                 "finished_at": (started + timedelta(seconds=30)).isoformat(),
                 "parameters": parameters or {"model": model, "epochs": epochs, "batch_size": 32, "min_accuracy": None},

@@ -168,6 +168,26 @@ def test_promote_and_rollback_print_no_tensorflow_noise(runs, store, zoo, cli):
         assert proc.stderr == "" and len(proc.stdout.splitlines()) == 1, proc.stdout + proc.stderr
 
 
+def test_the_per_digit_gate_blocks_a_promotion_naming_the_digits_and_their_recall(runs, cli, zoo, mnist_mirror,
+                                                                                   monkeypatch):
+    """MNIST_MIN_CLASS_RECALL applies to `promote` as to the flow, on each digit's recall measured
+    again from the stored model; --min-class-recall overrides it."""
+    labels = read_idx(mnist_mirror, "t10k-labels-idx1-ubyte", 8)
+    recall = {d: round(float((zoo[0].predictions[labels == d] == d).mean()), 5) for d in range(10)}
+    gate = sorted(recall.values())[3]
+    below = [d for d in range(10) if recall[d] < gate]
+    assert below  # the zoo's best model is below it on some digits, above on others
+    monkeypatch.setenv("MNIST_MIN_CLASS_RECALL", str(gate))
+    blocked = cli("promote", "run-a")
+    named = ", ".join(f"{d} ({recall[d]:.4f})" for d in below)
+    assert blocked.code == 3, blocked.output
+    assert error_line(blocked) == (f"promotion blocked: per-digit gate: recall of digit{'s' if len(below) > 1 else ''} "
+                                   f"{named} < {gate:.4f}")
+    assert registry.read_production(runs)[0] is None
+    assert registry.read_history(runs)[-1]["reason"] == error_line(blocked)
+    assert cli("promote", "run-a", "--min-class-recall", "0").code == 0
+
+
 # -- damage: each ends with production unchanged, one line, and verify naming it ------------------
 def _edit_json(store, key, **changes):
     store.put(key, json.dumps(dict(json.loads(store.get(key)), **changes)).encode())

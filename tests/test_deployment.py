@@ -202,9 +202,11 @@ def test_the_report_link_artifact_downloads_the_report(deployment, client, serve
     production = registry.read_production(store)[0]
     links = [a for a in client.read_artifacts() if a.key == "mnist-report" and str(a.flow_run_id) == production.run_id]
     assert links and links[0].description.startswith(f"{production.test_accuracy:.4f} · promoted")
-    url = re.search(r"\]\((http[^)]+)\)", links[0].data).group(1)  # a link artifact is [text](url)
+    url, dashboard = re.findall(r"\]\((http[^)]+)\)", links[0].data)  # markdown: [text](url), twice
     assert url.startswith(env["MNIST_S3_PUBLIC_URL"] + "/")
     assert urllib.request.urlopen(url, timeout=10).read() == store.get(f"runs/{production.run_id}/report.html")
+    page = urllib.request.urlopen(dashboard, timeout=10).read().decode()  # the dashboard, as the last run left it
+    assert "every run on one page" in page and f'title="report of {production.run_id}"' in page
     artifacts = [a for a in client.read_artifacts() if str(a.flow_run_id) == production.run_id]
     assert {"mnist-run-summary", "mnist-per-class-metrics", "mnist-report"} <= {a.key for a in artifacts}
     progress = [a.data for a in artifacts if a.key == "mnist-training-progress"]

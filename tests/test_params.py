@@ -20,6 +20,8 @@ def test_defaults_are_the_readme_model():
     ({"batch_size": 0}, "parameter batch_size=0 is invalid"),
     ({"learning_rate": 0}, "parameter learning_rate=0 is invalid"),
     ({"epoch": 3}, "parameter epoch=3 is invalid: Extra inputs are not permitted"),
+    ({"min_class_recall": -0.1}, "parameter min_class_recall=-0.1 is invalid"),
+    ({"approval_timeout": 0}, "parameter approval_timeout=0 is invalid"),
 ])
 def test_out_of_range_parameters_are_one_line_errors(values, needle):
     with pytest.raises(ConfigError) as err:
@@ -59,3 +61,12 @@ def test_an_option_left_out_takes_the_models_default_and_a_bad_one_is_one_line(c
         parser.parse_args(["--epochs", "abc"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "--epochs: invalid int value: 'abc'" in err
+
+
+def test_approval_is_off_by_default_and_asked_for_on_the_command_line():
+    from mnist_pipeline.params import command_line
+
+    assert (TrainParams().require_approval, TrainParams().approval_timeout) == (False, 24 * 3600)
+    asked = TrainParams(**vars(command_line(TrainParams, "x").parse_args(
+        ["--require-approval", "--approval-timeout", "600", "--min-class-recall", "0.95"])))
+    assert (asked.require_approval, asked.approval_timeout, asked.min_class_recall) == (True, 600, 0.95)

@@ -142,3 +142,23 @@ def test_render_plots_gives_a_png_for_every_caption_in_report_order():
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000 for png in plots.values())
     for name, caption in plot_captions.items():
         assert not re.search(r"\.png\b", caption) and len(caption.split()) > 15, name
+
+
+def test_the_per_digit_gate_is_drawn_and_the_digits_below_it_stand_out():
+    recall = [0.99, 0.99, 0.98, 0.98, 0.98, 0.963, 0.98, 0.967, 0.97, 0.97]
+    per_class = {str(d): {"recall": r} for d, r in enumerate(recall)}
+    fig = per_class_figure(per_class, 0.97, 0.979, min_class_recall=0.968)
+    try:
+        ax = fig.axes[0]
+        lines = {round(line.get_ydata()[0], 4): line.get_label() for line in ax.get_lines()}
+        assert lines[0.968].startswith("per-digit gate 0.9680") and lines[0.97].startswith("gate threshold 0.9700")
+        colours = [matplotlib.colors.to_hex(bar.get_facecolor()) for bar in ax.patches]
+        assert [d for d, c in enumerate(colours) if c == "#c53030"] == [5, 7]  # below the per-digit gate: red
+        assert ax.get_ylim()[0] < 0.963
+    finally:
+        plt.close(fig)
+    without = per_class_figure(per_class, 0.97, 0.979)
+    try:
+        assert not [line for line in without.axes[0].get_lines() if "per-digit" in line.get_label()]
+    finally:
+        plt.close(without)

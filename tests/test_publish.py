@@ -79,3 +79,15 @@ def test_an_undeliverable_notification_is_a_warning_without_the_secret(monkeypat
     assert len(warnings) == 1 and "failed (not delivered); the run's outcome is unchanged" in warnings[0]
     assert "s3cr3t-token" not in warnings[0] and "127.0.0.1" in warnings[0]
     assert len(receiver.received) == 1  # the other URL still got it
+
+
+def test_a_run_waiting_for_approval_is_sent_with_the_link_to_answer_it(receiver, monkeypatch):
+    monkeypatch.setenv("MNIST_NOTIFY_URL", receiver.url)
+    waiting = notify.Outcome("run-7", "approval", "0.9801 >= 0.9700", 0.9801, 0.97, "prod-3", "http://s3/report",
+                             action="Approve or reject it by 2026-12-05 02:14:00 UTC in the Prefect UI (Resume): "
+                                    "http://127.0.0.1:4200/runs/flow-run/abc")
+    assert notify.send(load_settings(), waiting) == []  # sent, also with MNIST_NOTIFY_ON=problems
+    message = receiver.received[0]
+    assert message["title"] == "mnist-pipeline: run run-7 waiting for approval"
+    assert message["message"].splitlines()[0] == "Run run-7: WAITING FOR APPROVAL."
+    assert message["message"].splitlines()[-1].endswith("(Resume): http://127.0.0.1:4200/runs/flow-run/abc")

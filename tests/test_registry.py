@@ -52,6 +52,27 @@ def test_new_data_accuracy_blocks_only_when_asked_for_and_says_so_like_the_other
     assert nothing_ingested.promote and nothing_ingested.checks[-1].text.startswith("no ingested holdout images")
 
 
+RECALL = {"0": 0.9929, "1": 0.9921, "2": 0.9767, "3": 0.9792, "4": 0.9786, "5": 0.9630, "6": 0.9812, "7": 0.9669,
+          "8": 0.9733, "9": 0.9742}  # the README model's, overall 0.9790
+
+
+def test_the_per_digit_gate_blocks_naming_each_digit_below_it_and_its_recall():
+    blocked = registry.gate(0.979, 0.97, None, class_recall=RECALL, min_class_recall=0.97)
+    assert not blocked.promote
+    assert blocked.reason == "promotion blocked: per-digit gate: recall of digits 5 (0.9630), 7 (0.9669) < 0.9700"
+    assert [c.rule for c in blocked.checks] == ["threshold", "class_recall"] and not blocked.checks[1].ok
+    one = registry.gate(0.979, 0.97, None, class_recall=RECALL, min_class_recall=0.965)
+    assert one.reason == "promotion blocked: per-digit gate: recall of digit 5 (0.9630) < 0.9650"
+    passed = registry.gate(0.979, 0.97, None, class_recall=RECALL, min_class_recall=0.96)
+    assert passed.promote and passed.checks[1].text == "lowest recall 0.9630 (digit 5) ≥ 0.9600"
+    both = registry.gate(0.969, 0.97, None, class_recall=RECALL, min_class_recall=0.97)
+    assert both.reason == ("promotion blocked: 0.9690 < 0.9700; "
+                           "per-digit gate: recall of digits 5 (0.9630), 7 (0.9669) < 0.9700")
+    assert registry.gate(0.979, 0.97, None, class_recall=RECALL).promote  # off unless asked for
+    with pytest.raises(ValueError):  # a rule that cannot be checked is never taken as passed
+        registry.gate(0.979, 0.97, None, min_class_recall=0.9)
+
+
 # -- on a store -------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def zoo(mnist_mirror) -> list[ZooModel]:

@@ -241,3 +241,23 @@ def test_the_report_says_what_data_the_model_saw_what_changed_and_its_new_data_a
 def test_a_run_without_ingested_data_shows_none_of_it(plots):
     text = body_text(render_report(report_input(plots, accuracy=0.9698, decision=blocked_decision())).decode())
     assert "New data" not in text and "Ingested besides MNIST" not in text and "data version" not in text
+
+
+def test_the_per_digit_gate_and_the_approval_are_named_in_the_checks(plots):
+    from tasks import approval
+
+    ev, _, _ = synthetic_run(15)
+    recall = {d: m["recall"] for d, m in ev.metrics["per_class"].items()}
+    lowest = min(recall.values())
+    gate = registry.gate(0.97, 0.97, None, class_recall=recall, min_class_recall=lowest + 0.001)
+    text = body_text(render_report(report_input(plots, accuracy=0.97, decision=decision_view(gate))).decode(), False)
+    assert "Not promoted" in text and "Per-digit gate: recall of digit" in text
+    assert f"below the per-digit gate {lowest + 0.001:.4f}: such a digit blocks the model" in text
+    assert "min_class_recall None" not in text
+    waiting = approval.awaiting(registry.gate(0.98, 0.97, None), 3600)
+    text = body_text(render_report(report_input(plots, accuracy=0.98, decision=decision_view(waiting))).decode())
+    assert "Not promoted" in text and "Approval: waiting for a person's approval in the Prefect UI, until" in text
+    approved = approval.with_verdict(registry.gate(0.98, 0.97, None),
+                                     approval.Verdict(True, "approved by ann: ok", "ann"))
+    text = body_text(render_report(report_input(plots, accuracy=0.98, decision=decision_view(approved))).decode())
+    assert "Promoted to production" in text and "Approval: approved by ann: ok" in text

@@ -8,7 +8,8 @@ pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for name in ("MNIST_STORE_URL", "MNIST_MIRRORS", "MNIST_MIN_ACCURACY", "AWS_ENDPOINT_URL_S3",
+    for name in ("MNIST_STORE_URL", "MNIST_MIRRORS", "MNIST_MIN_ACCURACY", "MNIST_MIN_CLASS_RECALL",
+                 "AWS_ENDPOINT_URL_S3",
                  "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
 
@@ -17,6 +18,7 @@ def test_defaults_are_a_local_store_and_the_public_mirrors():
     s = load_settings()
     assert not s.is_s3 and s.local_store_path().name == "mnist-store"
     assert s.mirrors == PUBLIC_MIRRORS and s.min_accuracy == 0.97
+    assert s.min_class_recall is None  # the per-digit gate is off unless asked for
 
 
 def test_environment_is_read(monkeypatch):
@@ -34,6 +36,7 @@ def test_environment_is_read(monkeypatch):
     ("MNIST_STORE_URL", "ftp://host/x", "s3://BUCKET"),
     ("MNIST_MIRRORS", " , ", "at least one mirror"),
     ("AWS_ENDPOINT_URL_S3", "localhost:9000", "http://"),
+    ("MNIST_MIN_CLASS_RECALL", "1.2", "less than or equal to 1"),
 ])
 def test_invalid_value_is_one_line_naming_the_variable(monkeypatch, name, value, needle):
     monkeypatch.setenv(name, value)

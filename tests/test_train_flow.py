@@ -70,6 +70,7 @@ def test_default_run_promotes(default_run):
     assert {k[len(run):] for k in store.list(run)} == expected
     assert [r["decision"] for r in registry.read_history(store)] == ["promoted"]
     assert store.list("datasets/mnist/") and len(store.list("datasets/mnist/")) == 4
+    assert f'title="report of {prod["run_id"]}"' in store.get(keys.DASHBOARD).decode()  # refreshed by the run
 
 
 def test_stored_model_loads_in_safe_mode_and_reproduces_its_accuracy(default_run, mnist_mirror):
@@ -127,6 +128,23 @@ def test_unreachable_threshold_exits_3_keeps_production_and_stores_the_report(de
     html = store.get(f"runs/{blocked['run_id']}/report.html").decode()
     assert "Not promoted: production unchanged" in html and "0.9990" in html
     assert json.loads(store.get(f"runs/{blocked['run_id']}/manifest.json"))["gate"]["promoted"] is False
+
+
+def test_the_per_digit_gate_blocks_a_model_that_passed_overall_naming_the_digits(flow_env):
+    env = dict(flow_env, MNIST_STORE_URL=f"s3://digits-{uuid.uuid4().hex[:10]}")
+    proc = run_flow(env, "--epochs", "1", "--min-accuracy", "0.9", "--min-class-recall", "0.99")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    store = store_for(env)
+    run_id = registry.read_history(store)[-1]["run_id"]
+    recall = {d: m["recall"] for d, m in json.loads(store.get(keys.metrics(run_id)))["per_class"].items()}
+    below = [d for d in sorted(recall, key=int) if recall[d] < 0.99]
+    assert below and json.loads(store.get(keys.metrics(run_id)))["test_accuracy"] >= 0.9  # passed overall
+    named = ", ".join(f"{d} ({recall[d]:.4f})" for d in below)
+    reason = f"promotion blocked: per-digit gate: recall of digit{'s' if len(below) > 1 else ''} {named} < 0.9900"
+    assert f"; {reason}; report: " in proc.stdout
+    assert registry.read_history(store)[-1]["reason"] == reason and production_of(store) is None
+    html = store.get(keys.report(run_id)).decode()
+    assert "below the per-digit gate 0.9900: such a digit blocks the model" in html
 
 
 @pytest.mark.parametrize("server", ["moto_server", "radosgw_server"])

@@ -101,3 +101,30 @@ def test_an_ingest_starts_a_run_of_the_deployment_that_the_worker_executes(worke
     store = open_store(load_settings(**{k: worker_env[k] for k in (
         "MNIST_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}))
     assert [v["version"] for v in registry.read_manifest(store, str(run.id))[0]["data_versions"]] == [1]
+
+
+def test_a_run_of_the_work_pool_deployment_waits_for_approval_and_is_promoted(worker, worker_env, client):
+    """The same approval step as the served deployment's (tests/test_approval.py), in the worker's
+    subprocess: paused, approved through the API as the UI does, Promoted."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    _, log_path = worker
+    deployment = client.read_deployment_by_name("mnist-training/training")
+    run = client.create_flow_run_from_deployment(deployment.id, parameters={
+        "epochs": 1, "min_accuracy": 0.9, "require_approval": True, "allow_regression": True})
+
+    def paused():
+        found = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"approve-{run.id}"])))
+        return found[0] if found and found[0].state and found[0].state.is_paused() else None
+    try:
+        child = wait_for(paused, 300, "the approval step to pause", interval=2)
+    except TimeoutError:
+        pytest.fail("no paused approval step; worker log:\n" + log_path.read_text()[-4000:])
+    client.resume_flow_run(child.id, run_input={"decision": "approve", "note": "from the pool", "approver": "carol"})
+    state = wait_for(lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s, 120, "the run")
+    assert state.name == "Promoted", f"{state.name}: {state.message}\n{log_path.read_text()[-3000:]}"
+    store = open_store(load_settings(**{k: worker_env[k] for k in (
+        "MNIST_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}))
+    assert registry.read_production(store)[0].run_id == str(run.id)
+    approved = [r for r in registry.read_history(store) if r["run_id"] == str(run.id)]
+    assert approved[0]["approval"]["by"] == "carol" and approved[0]["note"] == "from the pool"

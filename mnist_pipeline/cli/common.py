@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mnist_pipeline import collector
+from mnist_pipeline import collector, keys
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import write_atomic
 from mnist_pipeline.settings import Settings, load_settings
@@ -38,16 +38,33 @@ def settings_and_store() -> tuple[Settings, ArtifactStore]:
     return settings, open_store(settings, create=False)
 
 
-def save(output: Path | None, default_name: str, data: bytes) -> Path:
-    """Write `data` to the user's `output` (a file, or a folder to put `default_name` in; the
-    current folder when None), whole or not at all (mnist_pipeline/files.py)."""
+def output_path(output: Path | None, default_name: str) -> Path:
+    """The user's `output`: a file, or a folder to put `default_name` in (the current folder when
+    None); its folder must exist."""
     target = output or Path(default_name)
     if target.is_dir():
         target = target / default_name
     if not target.parent.is_dir():
         raise PipelineError(f"cannot write {target}: the folder {target.parent} does not exist")
+    return target
+
+
+def save(output: Path | None, default_name: str, data: bytes) -> Path:
+    """Write `data` to output_path(output, default_name), whole or not at all (mnist_pipeline/files.py)."""
+    target = output_path(output, default_name)
     write_atomic(target, data)
     return target
+
+
+def refresh_dashboard(settings: Settings, store: ArtifactStore) -> None:
+    """The store's index.html after a change to the registry: a page that cannot be rebuilt is a
+    warning, never a different outcome of the command."""
+    from mnist_pipeline import dashboard
+
+    try:
+        dashboard.refresh(store, settings.min_accuracy)
+    except Exception as exc:
+        warn(f"the dashboard ({store.location(keys.DASHBOARD)}) could not be refreshed: {exc}")
 
 
 def iso(moment: datetime | str | None) -> str:

@@ -1,4 +1,4 @@
-"""Manage: promote, rollback, verify, gc."""
+"""Manage: promote, rollback, verify, gc (each change refreshes the store's dashboard, index.html)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import typer
 from mnist_pipeline import audit, data_versions, registry, retention
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
-from mnist_pipeline.cli.common import EXIT_BLOCKED, app, err, load_keras_quietly, say, settings_and_store, warn
+from mnist_pipeline.cli.common import (EXIT_BLOCKED, app, err, load_keras_quietly, refresh_dashboard, say,
+                                       settings_and_store, warn)
 from mnist_pipeline.runs import resolve_run
 
 REASON = typer.Option("", "--reason", help="Why: recorded in the history.")
@@ -35,16 +36,21 @@ def promote(
     allow_regression: bool = typer.Option(False, "--allow-regression"),
     force: bool = typer.Option(False, "--force", help="Replace a damaged production.json or production "
                                "model (its bytes are kept in the history record); the threshold still applies."),
+    min_class_recall: Optional[float] = typer.Option(
+        None, "--min-class-recall", min=0.0, max=1.0,
+        help="Per-digit gate. Default: MNIST_MIN_CLASS_RECALL (unset: off)."),
 ) -> None:
     """Put a finished run's model in production, through the same gate as the flow. Its accuracy
-    is measured again on the test set: no file's word is taken for it."""
+    (and each digit's recall) is measured again on the test set: no file's word is taken for it."""
     settings, store = settings_and_store()
     run_id = resolve_run(store, run)
     load_keras_quietly()
     candidate = registry.stored_candidate(store, run_id)
     result = registry.promote(
         store, candidate, min_accuracy=settings.min_accuracy if min_accuracy is None else min_accuracy,
-        max_regression=max_regression, allow_regression=allow_regression, note=reason, force=force)
+        max_regression=max_regression, allow_regression=allow_regression, note=reason, force=force,
+        min_class_recall=settings.min_class_recall if min_class_recall is None else min_class_recall)
+    refresh_dashboard(settings, store)
     _decision_exit(result, "promoted")
 
 
@@ -56,6 +62,7 @@ def rollback(reason: str = REASON, min_accuracy: Optional[float] = MIN_ACCURACY)
     load_keras_quietly()
     result = registry.rollback(store, min_accuracy=settings.min_accuracy if min_accuracy is None else min_accuracy,
                                note=reason)
+    refresh_dashboard(settings, store)
     _decision_exit(result, "rolled back")
 
 
@@ -85,7 +92,7 @@ def gc(
     """Delete the heavy files (model, predictions, plots) of older runs, and dataset images an
     ingest that died left without a version. Never production, a model rollback can return to, a
     manifest, metrics, a report, a history record or a dataset version."""
-    _, store = settings_and_store()
+    settings, store = settings_and_store()
     todo = retention.plan(store, keep_last, keep_days)
     if todo.models_kept:
         warn("nothing is in production, so no model is deleted (any of them may still be promoted)")
@@ -110,5 +117,6 @@ def gc(
     stale = store.clean_stale_temp()
     for key in stale:
         say(f"deleted {key} (a stale temporary file)")
+    refresh_dashboard(settings, store)
     say(f"deleted {deleted} files of {len(todo.collect)} runs, {freed / 2**20:.1f} MB freed"
         f"{f'; {len(stale)} stale temporary files' if stale else ''}")

@@ -1,4 +1,4 @@
-"""Review: runs, history, report, compare."""
+"""Review: runs, history, report, compare, dashboard."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from mnist_pipeline import keys, registry
-from mnist_pipeline.cli.common import app, iso, out, print_table, save, say, settings_and_store, warn
+from mnist_pipeline.cli.common import app, iso, out, output_path, print_table, save, say, settings_and_store, warn
 from mnist_pipeline.comparison import compare_predictions, stored_predictions
 from mnist_pipeline.dataset import load_test_labels
 from mnist_pipeline.errors import NotFoundInStore, PipelineError
@@ -177,3 +177,24 @@ def _json(store, key: str) -> dict:
     except ValueError:
         raise PipelineError(f"{key} is not JSON; `mnist-pipeline verify` checks it") from None
     return value if isinstance(value, dict) else {}
+
+
+@app.command()
+def dashboard(
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File or folder to write it to "
+                                          "(default: dashboard.html in the current folder)."),
+    open_it: bool = typer.Option(False, "--open", help="Open it in a browser."),
+) -> None:
+    """Every run on one page: accuracy over time against the gate and production, every decision
+    and why, the latest runs with links to their reports, production's lineage. Links are relative
+    to where it is written on a folder store, presigned (7 days) on S3."""
+    from mnist_pipeline import dashboard as page
+
+    settings, store = settings_and_store()
+    target = output_path(output, "dashboard.html")
+    links = page.Links(store, target)
+    data = page.render(store, page.read_index(store), links, settings.min_accuracy)
+    save(target, "dashboard.html", data)
+    say(f"saved {target}" + (f" (its report links expire {iso(links.expires)})" if links.expires else ""))
+    if open_it and not webbrowser.open(target.resolve().as_uri()):
+        warn(f"no browser could be opened here; the dashboard is at {target.resolve()}")

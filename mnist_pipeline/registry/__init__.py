@@ -15,7 +15,7 @@ from mnist_pipeline.registry.gate import Check, GateDecision, gate
 from mnist_pipeline.registry.history import (default_actor, history_key_run_id, history_key_time, history_keys,
                                              history_keys_newest_first, newest_history_keys, read_history,
                                              read_history_record, write_history)
-from mnist_pipeline.registry.promotion import PromotionResult, promote, rollback
+from mnist_pipeline.registry.promotion import PromotionResult, decline, promote, rollback
 from mnist_pipeline.registry.schema import (ROLLBACK_DEPTH, VERIFY_HINT, HistoryRecord, Production, StackEntry,
                                             parse_history_record, parse_production)
 from mnist_pipeline.registry.verification import (Candidate, check_production_model, collected, collected_files,
@@ -23,7 +23,8 @@ from mnist_pipeline.registry.verification import (Candidate, check_production_mo
                                                   read_production_raw, sha256, stored_candidate, verified_bytes)
 
 __all__ = ["Candidate", "Check", "GateDecision", "HistoryRecord", "Production", "PromotionResult", "ROLLBACK_DEPTH",
-           "StackEntry", "VERIFY_HINT", "check_production_model", "collected", "collected_files", "default_actor",
+           "StackEntry", "VERIFY_HINT", "check_production_model", "collected", "collected_files", "decline",
+           "default_actor",
            "gate", "history_key_run_id", "history_key_time", "history_keys", "history_keys_newest_first",
            "measure_on_test_set", "newest_history_keys", "parse_history_record", "parse_production", "promote",
            "read_history", "read_history_record", "read_manifest", "read_production", "read_production_raw",

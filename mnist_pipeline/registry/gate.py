@@ -3,8 +3,9 @@ explanation. Pure. The flow, `promote` and the report use this one rule; the rep
 checks it made and its explanation instead of deriving them again.
 
 The rule: the threshold always (test accuracy >= min_accuracy); then the champion rule (no worse
-than production by more than max_regression), unless regression is allowed on purpose; and, when
-asked for, accuracy on the ingested datasets' holdout images >= min_new_data_accuracy.
+than production by more than max_regression), unless regression is allowed on purpose; when
+asked for, accuracy on the ingested datasets' holdout images >= min_new_data_accuracy; and, when
+min_class_recall is set, every digit's recall >= it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mnist_pipeline.registry.schema import Production
 class Check:
     """One comparison the gate made, its numbers to 4 decimals; `ok` False blocks."""
 
-    rule: str  # "threshold" | "champion" | "new_data"
+    rule: str  # "threshold" | "champion" | "new_data" | "class_recall" | "approval"
     text: str  # e.g. "0.9790 ≥ 0.9700"
     ok: bool
 
@@ -33,17 +34,32 @@ class GateDecision:
     production_accuracy: float | None = None
     checks: tuple[Check, ...] = field(default=())
     explanation: str = ""  # the reason for a reader, in the report's words
+    min_class_recall: float | None = None  # the per-digit gate applied, if any
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
+def class_recall_check(class_recall: dict[str, float], min_class_recall: float) -> Check:
+    """Every digit's recall against the per-digit gate; the text names the digits below it."""
+    below = sorted((d for d, r in class_recall.items() if r < min_class_recall), key=int)
+    if below:
+        digits = ", ".join(f"{d} ({class_recall[d]:.4f})" for d in below)
+        plural = "s" if len(below) > 1 else ""
+        return Check("class_recall", f"recall of digit{plural} {digits} < {min_class_recall:.4f}", False)
+    lowest = min(class_recall, key=lambda d: (class_recall[d], int(d)))
+    return Check("class_recall", f"lowest recall {class_recall[lowest]:.4f} (digit {lowest}) ≥ {min_class_recall:.4f}",
+                 True)
+
+
 def gate(accuracy: float, min_accuracy: float, production: Production | None,
          max_regression: float = DEFAULT_MAX_REGRESSION, allow_regression: bool = False,
-         new_data_accuracy: float | None = None, min_new_data_accuracy: float | None = None) -> GateDecision:
+         new_data_accuracy: float | None = None, min_new_data_accuracy: float | None = None,
+         class_recall: dict[str, float] | None = None, min_class_recall: float | None = None) -> GateDecision:
     """The decision for a candidate scoring `accuracy`, against the threshold and the model in
     production (None: nothing is); `new_data_accuracy` (None: nothing ingested) against
-    `min_new_data_accuracy` when that is set."""
+    `min_new_data_accuracy` when that is set; `class_recall` (digit -> recall) against
+    `min_class_recall` when that is set."""
     prod_id = production.run_id if production else None
     prod_acc = production.test_accuracy if production else None
     above = accuracy >= min_accuracy
@@ -72,17 +88,27 @@ def gate(accuracy: float, min_accuracy: float, production: Production | None,
                          f"more than the allowed {max_regression:.4f}")
             reason = (f"promotion blocked: {accuracy:.4f} is below production {prod_id} ({prod_acc:.4f}) "
                       f"by more than {max_regression:g}")
-    new_data_ok = True
+    promote = above and champion_ok
     if min_new_data_accuracy is not None:
         check = new_data_check(new_data_accuracy, min_new_data_accuracy)
         checks.append(check)
-        new_data_ok = check.ok
-        if not new_data_ok:
-            why = f"new-data accuracy {new_data_accuracy:.4f} < {min_new_data_accuracy:.4f}"
-            explained = why if above and champion_ok else f"{explained}; and {why}"
-            reason = f"promotion blocked: {why}" if above and champion_ok else f"{reason}; {why}"
-    return GateDecision(above and champion_ok and new_data_ok, reason, min_accuracy, prod_id, prod_acc, tuple(checks),
-                        explained)
+        if not check.ok:
+            said = f"new-data accuracy {new_data_accuracy:.4f} < {min_new_data_accuracy:.4f}"
+            reason = f"{reason}; {said}" if not promote else f"promotion blocked: {said}"
+            explained = f"{explained}; and {said}" if not promote else said
+            promote = False
+    if min_class_recall is not None:
+        if class_recall is None:  # a rule that cannot be checked blocks
+            raise ValueError("the per-digit gate needs each digit's recall")
+        check = class_recall_check(class_recall, min_class_recall)
+        checks.append(check)
+        if not check.ok:
+            said = f"per-digit gate: {check.text}"
+            reason = f"{reason}; {said}" if not promote else f"promotion blocked: {said}"
+            explained = f"{explained}; {said}" if not promote else said
+            promote = False
+    return GateDecision(promote, reason, min_accuracy, prod_id, prod_acc, tuple(checks), explained,
+                        min_class_recall=min_class_recall)
 
 
 def new_data_check(accuracy: float | None, minimum: float) -> Check:

@@ -87,20 +87,27 @@ def _read_for_update(store: ArtifactStore, force: bool) -> tuple[Production | No
         return None, etag, data
 
 
+def _candidate_record(candidate: Candidate, actor: str, note: str, source: str, min_accuracy: float,
+                      summary: dict | None, extra: dict | None) -> dict:
+    """What every history record about a candidate holds (`extra`: more fields, e.g. its approval)."""
+    return {"run_id": candidate.run_id, "test_accuracy": candidate.test_accuracy, "actor": actor, "note": note,
+            "source": source, "min_accuracy": min_accuracy, "model_key": candidate.model_key,
+            "model_sha256": candidate.model_sha256, **({"run": summary} if summary else {}), **(extra or {})}
+
+
 def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
             max_regression: float = DEFAULT_MAX_REGRESSION, allow_regression: bool = False, actor: str | None = None,
             note: str = "", source: str = "cli", summary: dict | None = None, force: bool = False,
-            attempts: int = 5, min_new_data_accuracy: float | None = None) -> PromotionResult:
+            attempts: int = 5, min_new_data_accuracy: float | None = None, min_class_recall: float | None = None,
+            extra: dict | None = None) -> PromotionResult:
     """Gate the candidate against the current production model and, if it passes, point
     production at it. Idempotent: promoting the run that is already production is a no-op.
     `force` replaces a damaged production.json or production model (keeping the damaged bytes
     in the history record) and skips the champion rule, never the threshold."""
     actor = actor or default_actor()
-    base = {"run_id": candidate.run_id, "test_accuracy": candidate.test_accuracy, "actor": actor,
-            "note": note, "source": source, "min_accuracy": min_accuracy, "max_regression": max_regression,
-            "allow_regression": allow_regression, "model_key": candidate.model_key,
-            "model_sha256": candidate.model_sha256,
-            **({"run": summary} if summary else {})}
+    base = dict(_candidate_record(candidate, actor, note, source, min_accuracy, summary, extra),
+                max_regression=max_regression, allow_regression=allow_regression,
+                **({"min_class_recall": min_class_recall} if min_class_recall is not None else {}))
     verified = False
     for _ in range(attempts):
         current, etag, damaged = _read_for_update(store, force)
@@ -122,7 +129,7 @@ def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
         elif current:
             check_production_model(store, current)
         decision = gate(candidate.test_accuracy, min_accuracy, champion, max_regression, allow_regression,
-                        candidate.new_data_accuracy, min_new_data_accuracy)
+                        candidate.new_data_accuracy, min_new_data_accuracy, candidate.class_recall, min_class_recall)
         if not decision.promote:
             key = write_history(store, dict(base, decision="blocked", reason=decision.reason,
                                             production_before=before))
@@ -152,6 +159,18 @@ def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
     reason = f"promotion blocked: production kept changing ({attempts} conditional writes refused)"
     key = write_history(store, dict(base, decision="blocked", reason=reason))
     return PromotionResult(False, reason, None, None, key)
+
+
+def decline(store: ArtifactStore, candidate: Candidate, reason: str, *, min_accuracy: float, actor: str,
+            note: str = "", source: str = "flow", summary: dict | None = None,
+            extra: dict | None = None) -> PromotionResult:
+    """Record a candidate that passed the gate but is not promoted (a person rejected it, or no
+    one approved it in time): production is untouched, the decision is a blocked record."""
+    current, _ = read_production(store)
+    before = current.run_id if current else None
+    key = write_history(store, dict(_candidate_record(candidate, actor, note, source, min_accuracy, summary, extra),
+                                    decision="blocked", reason=reason, production_before=before))
+    return PromotionResult(False, reason, None, current and current.model_dump(), key)
 
 
 def _keep_bytes(data: bytes) -> dict:

@@ -98,6 +98,7 @@ class Candidate:
     model_sha256: str
     test_accuracy: float  # measured on these bytes, never read from a file
     new_data_accuracy: float | None = None  # on the ingested holdout images, measured by the flow
+    class_recall: dict[str, float] | None = None  # digit -> recall, measured with the accuracy
 
     @property
     def model_key(self) -> str:
@@ -106,11 +107,16 @@ class Candidate:
 
 def measure_on_test_set(store: ArtifactStore, data: bytes, key: str) -> float:
     """Load in safe mode and score on the 10,000 verified test images from the store's cache."""
+    return scores_on_test_set(store, data, key)[0]
+
+
+def scores_on_test_set(store: ArtifactStore, data: bytes, key: str) -> tuple[float, dict[str, float]]:
+    """measure_on_test_set's accuracy, and each digit's recall from the same predictions."""
     from mnist_pipeline.dataset import load_test_images, load_test_labels
-    from mnist_pipeline.model import measured_accuracy, model_from_bytes
+    from mnist_pipeline.model import measured_scores, model_from_bytes
 
     model = model_from_bytes(data, key)
-    return measured_accuracy(model, load_test_images(store), load_test_labels(store))
+    return measured_scores(model, load_test_images(store), load_test_labels(store))
 
 
 def stored_candidate(store: ArtifactStore, run_id: str) -> Candidate:
@@ -126,10 +132,10 @@ def stored_candidate(store: ArtifactStore, run_id: str) -> Candidate:
         raise RegistryError(f"run {run_id} is incomplete: {missing[0]} is missing"
                             f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {VERIFY_HINT}")
     data = verified_bytes(store, model, manifest["files"][model]["sha256"], f"model of run {run_id}")
-    measured = measure_on_test_set(store, data, model)
+    measured, class_recall = scores_on_test_set(store, data, model)
     recorded = float(manifest["test_accuracy"])
     if abs(measured - recorded) > ACCURACY_TOLERANCE:
         raise DamagedRegistry(
             f"{keys.manifest(run_id)} records test accuracy {recorded:.4f}, but its model scores "
             f"{measured:.4f} on the 10,000 test images: the manifest was edited; {VERIFY_HINT}")
-    return Candidate(run_id, sha256(data), measured)
+    return Candidate(run_id, sha256(data), measured, class_recall=class_recall)
