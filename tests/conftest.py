@@ -381,9 +381,15 @@ def prefect_client(api: str):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
+    # The settings only while the client is made and opened (it keeps its URL and headers): a
+    # session-long client must not point every later test's Prefect calls at this server.
     with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH}):
-        with get_client(sync_client=True) as c:
-            yield c
+        c = get_client(sync_client=True)
+        c.__enter__()
+    try:
+        yield c
+    finally:
+        c.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")
