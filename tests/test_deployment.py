@@ -150,10 +150,12 @@ def create_example_automations(api: str, webhook: str) -> None:
     with Prefect's own command."""
     import yaml
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    block_id = CustomWebhookNotificationBlock(name="mnist-test", url=webhook, method="POST",
-                                              json_data={"subject": "{{subject}}", "text": "{{body}}"}).save(
-        "mnist-test", overwrite=True)
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH}):  # the block on this server
+        block_id = CustomWebhookNotificationBlock(name="mnist-test", url=webhook, method="POST",
+                                                  json_data={"subject": "{{subject}}", "text": "{{body}}"}).save(
+            "mnist-test", overwrite=True)
     text = (REPO / "deployments" / "automations.yaml").read_text()
     data = yaml.safe_load(text.replace("REPLACE-WITH-YOUR-NOTIFICATION-BLOCK-ID", str(block_id)))
     env = dict(os.environ, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=AUTH)

@@ -119,6 +119,7 @@ def test_a_hung_s3_endpoint_fails_a_cli_command_within_30_s(env):
     assert proc.stderr.count("warning: S3 endpoint not answering") >= 2
 
 
+@pytest.mark.slow  # the flow's variant of test_fetch's dripping mirror, given up on at the deadline
 def test_a_dripping_mirror_fails_the_flow_in_bounded_time(env):
     drip = DrippingMirror(interval=0.5)
     try:
