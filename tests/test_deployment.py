@@ -109,6 +109,14 @@ def test_the_api_and_ui_require_the_login(server):
     assert isinstance(api_request(api, "/flows/filter", {}), list)
 
 
+def server_errors(log: str) -> list[str]:
+    """The server's log records that carry a traceback, except SQLite's "database is locked" in
+    Prefect's own background services: a known Prefect-on-SQLite contention (PrefectHQ/prefect#18934)
+    that the service retries on its next loop; anything else is a server error this pipeline caused."""
+    records = re.split(r"(?m)^(?=\d\d:\d\d:\d\d\.\d+ \| )", log)
+    return [r for r in records if "Traceback" in r and "database is locked" not in r]
+
+
 def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client, served, server, request):
     """Not "the cron is registered": a run the scheduler created (auto-scheduled), executed to
     completion by the serving process, its report in S3. Then the schedule is paused."""
@@ -137,7 +145,8 @@ def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client,
     assert store.exists(f"runs/{run.id}/report.html")
     assert registry.read_production(store)[0].run_id == str(run.id)
     server_log = server[1].read_text()
-    assert "Can't evaluate bulk DML" not in server_log and "Traceback" not in server_log, server_log[-3000:]
+    assert "Can't evaluate bulk DML" not in server_log, server_log[-3000:]
+    assert not server_errors(server_log), server_errors(server_log)[0][-3000:]
     if request.node.callspec.params["server"] == "postgresql":  # the run is PostgreSQL's row, not a file's
         postgres = request.getfixturevalue("postgres")
         row = f"SELECT state_name, auto_scheduled FROM flow_run WHERE id = '{run.id}'"
