@@ -23,11 +23,10 @@ class SearchFailed(PermanentError):
 
 
 
-def make_oracle(algorithm: str, model_kind: str, trials: int, epochs: int, seed: int,
-                directory: str | None = None):
+def make_oracle(algorithm: str, model_kind: str, trials: int, epochs: int, seed: int, directory: str):
     """A Keras Tuner oracle over this kind's space, maximising val_accuracy, driven from outside
     (create_trial / update_trial / end_trial). It writes its state (oracle.json, one
-    trial.json per trial) under `directory`/search: a temporary folder by default."""
+    trial.json per trial) under `directory`/search; the caller owns `directory` and removes it."""
     import keras_tuner as kt
 
     if algorithm not in ALGORITHMS:
@@ -55,7 +54,7 @@ def make_oracle(algorithm: str, model_kind: str, trials: int, epochs: int, seed:
         oracle = kt.oracles.HyperbandOracle(max_epochs=max(epochs, 1), factor=3,
                                             hyperband_iterations=None, **common)
     oracle.verbose = 0  # Keras Tuner prints (and clears the screen); the flow logs instead
-    oracle._set_project_dir(directory or tempfile.mkdtemp(prefix="mnist-tune-"), "search")
+    oracle._set_project_dir(directory, "search")
     return oracle
 
 

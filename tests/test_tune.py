@@ -42,12 +42,12 @@ def test_the_spaces_defaults_are_the_shipped_recipe(kind):
         assert model.count_params() == 109_386
 
 
-def test_space_is_declared_once_and_sampled_within_bounds():
+def test_space_is_declared_once_and_sampled_within_bounds(tmp_path):
     assert {d.name for d in dimensions_for("mlp")} == {"learning_rate", "units", "dropout", "batch_size"}
     assert {d.name for d in dimensions_for("cnn")} == {d.name for d in SPACE}  # + filters, augment_shift_px
     hp = hyperparameters_for("cnn")
     assert [p.name for p in hp.space] == [d.name for d in dimensions_for("cnn")]
-    oracle = make_oracle("random", "cnn", trials=30, epochs=1, seed=3)
+    oracle = make_oracle("random", "cnn", trials=30, epochs=1, seed=3, directory=str(tmp_path))
     for i in range(30):
         values = oracle.create_trial(f"t{i}").hyperparameters.values
         for d in dimensions_for("cnn"):
@@ -82,9 +82,9 @@ class FakeCluster:
                             "worker": "tcp://w:1", "epochs": trial_epochs(hp, 2)})]
 
 
-def test_search_keeps_k_trials_in_flight_and_records_failed_ones():
+def test_search_keeps_k_trials_in_flight_and_records_failed_ones(tmp_path):
     fake = FakeCluster(fail_above=0.002)
-    oracle = make_oracle("random", "mlp", trials=12, epochs=2, seed=7)
+    oracle = make_oracle("random", "mlp", trials=12, epochs=2, seed=7, directory=str(tmp_path))
     seen = []
     records = drive_search(oracle, fake.launch, fake.wait_any, max_parallel=3, max_trials=12,
                            on_record=seen.append)
@@ -99,9 +99,9 @@ def test_search_keeps_k_trials_in_flight_and_records_failed_ones():
     assert oracle.get_best_trials()[0].trial_id == best["trial_id"]
 
 
-def test_hyperband_budgets_come_from_its_brackets():
+def test_hyperband_budgets_come_from_its_brackets(tmp_path):
     fake = FakeCluster()
-    oracle = make_oracle("hyperband", "mlp", trials=10, epochs=9, seed=1)
+    oracle = make_oracle("hyperband", "mlp", trials=10, epochs=9, seed=1, directory=str(tmp_path))
     records = drive_search(oracle, fake.launch, fake.wait_any, max_parallel=2, max_trials=10)
     assert len(records) == 10
     budgets = {r["hyperband"]["tuner/epochs"] for r in records}
@@ -110,27 +110,27 @@ def test_hyperband_budgets_come_from_its_brackets():
     assert all(r["epochs"] == r["hyperband"]["tuner/epochs"] for r in records)
 
 
-def test_an_aborting_outcome_stops_launching_trials():
+def test_an_aborting_outcome_stops_launching_trials(tmp_path):
     """What dask_wait_any returns when the cluster has had no worker for too long."""
     def wait_any(futures):
         return [(tid, {"status": FAILED, "error": "no Dask worker for 120 s", "abort_search": True})
                 for tid in futures]
 
-    records = drive_search(make_oracle("random", "mlp", 10, 1, 1), lambda tid, hp: hp, wait_any,
+    records = drive_search(make_oracle("random", "mlp", 10, 1, 1, directory=str(tmp_path)), lambda tid, hp: hp, wait_any,
                            max_parallel=2, max_trials=10)
     assert len(records) == 2 and all(r["error"] == "no Dask worker for 120 s" for r in records)
 
 
-def test_every_trial_failed_is_one_line_error():
+def test_every_trial_failed_is_one_line_error(tmp_path):
     fake = FakeCluster(fail_above=0.0)
-    records = drive_search(make_oracle("random", "mlp", 5, 1, 1), fake.launch, fake.wait_any,
+    records = drive_search(make_oracle("random", "mlp", 5, 1, 1, directory=str(tmp_path)), fake.launch, fake.wait_any,
                            max_parallel=2, max_trials=5)
     with pytest.raises(SearchFailed) as err:
         best_record(records)
     assert "\n" not in str(err.value) and str(err.value).startswith("all 5 trials failed (first: training diverged")
 
 
-def test_bayesian_needs_scipy_and_sklearn_or_says_so_in_one_line():
+def test_bayesian_needs_scipy_and_sklearn_or_says_so_in_one_line(tmp_path):
     from mnist_pipeline.errors import PermanentError
 
     try:
@@ -138,10 +138,10 @@ def test_bayesian_needs_scipy_and_sklearn_or_says_so_in_one_line():
         import sklearn  # noqa: F401
     except ImportError:
         with pytest.raises(PermanentError, match=r"^the bayesian algorithm needs scipy and scikit-learn"):
-            make_oracle("bayesian", "mlp", 4, 1, 1)
+            make_oracle("bayesian", "mlp", 4, 1, 1, directory=str(tmp_path))
     else:
         fake = FakeCluster()
-        assert len(drive_search(make_oracle("bayesian", "mlp", 4, 1, 1), fake.launch, fake.wait_any,
+        assert len(drive_search(make_oracle("bayesian", "mlp", 4, 1, 1, directory=str(tmp_path)), fake.launch, fake.wait_any,
                                 max_parallel=2, max_trials=4)) == 4
 
 
@@ -154,9 +154,9 @@ def test_lost_worker_outcome_is_a_failed_trial():
     assert outcome["status"] == FAILED and outcome["worker"] == "lost" and "worker lost" in outcome["error"]
 
 
-def test_report_has_trials_table_and_score_plots():
+def test_report_has_trials_table_and_score_plots(tmp_path):
     fake = FakeCluster(fail_above=0.004)
-    records = drive_search(make_oracle("random", "cnn", 6, 1, 2), fake.launch, fake.wait_any,
+    records = drive_search(make_oracle("random", "cnn", 6, 1, 2, directory=str(tmp_path)), fake.launch, fake.wait_any,
                            max_parallel=2, max_trials=6)
     summary = search_summary(algorithm="random", model="cnn", trials=6, max_parallel=2, epochs=1, seed=2,
                              cluster="test", workers=["tcp://w:1"], seconds=3.0, records=records,
