@@ -46,11 +46,25 @@ class _ExpectedErrorsWithoutTraceback(logging.Filter):
         return True
 
 
+class _InformationWithoutTraceback(logging.Filter):
+    """Dask's scheduler logs a connection that closed while a cluster shuts down as information,
+    with the traceback of the closing write (distributed/batched.py): seen after a SIGTERM during a
+    search. Below a warning, the line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def quiet_expected_tracebacks() -> None:
-    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+    for name, quiet in (("prefect.flow_runs", _ExpectedErrorsWithoutTraceback),
+                        ("prefect.task_runs", _ExpectedErrorsWithoutTraceback),
+                        ("prefect.engine", _ExpectedErrorsWithoutTraceback),
+                        ("distributed.batched", _InformationWithoutTraceback)):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _ExpectedErrorsWithoutTraceback) for f in logger.filters):
-            logger.addFilter(_ExpectedErrorsWithoutTraceback())
+        if not any(isinstance(f, quiet) for f in logger.filters):
+            logger.addFilter(quiet())
 
 
 def route_package_logs() -> None:

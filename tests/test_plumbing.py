@@ -55,3 +55,23 @@ def test_an_expected_error_is_logged_in_one_line_and_an_unexpected_one_with_its_
                             caplog.text.split("ZeroDivisionError('a bug')")[1])
     assert "DatasetError" in expected and "Traceback" not in expected
     assert "Traceback" in unexpected
+
+
+def test_dasks_closed_connection_at_shutdown_is_one_line_and_its_warnings_keep_their_traceback(caplog):
+    """distributed/batched.py logs a write to a closed connection at INFO with its traceback: seen
+    once when a SIGTERM stopped a search (test_stopped_runs)."""
+    import logging
+
+    from distributed.comm.core import CommClosedError
+
+    plumbing.quiet_expected_tracebacks()
+    logger = logging.getLogger("distributed.batched")
+    with caplog.at_level(logging.INFO, logger="distributed.batched"):
+        for level in (logging.INFO, logging.WARNING):
+            try:
+                raise CommClosedError()
+            except CommClosedError:
+                logger.log(level, "Batched Comm Closed at level %d", level, exc_info=True)
+    info, warning = caplog.text.split("Batched Comm Closed at level 30")
+    assert "Batched Comm Closed at level 20" in info and "Traceback" not in info
+    assert "Traceback" in warning
