@@ -47,7 +47,7 @@ def main() -> int:
     import keras
 
     from bench.run import cpu
-    from mnist_pipeline.model import build_model, fit, measured_accuracy, use_threads_for
+    from mnist_pipeline.model import build_model, fit, measured_accuracy, shipped_model, use_threads_for
     from mnist_pipeline.params import MODEL_DEFAULTS
     from mnist_pipeline.store import LocalStore
     from tasks.fetch import fetch_mnist
@@ -75,17 +75,26 @@ def main() -> int:
                      validation=(splits.x_val, splits.y_val))
         seconds = time.perf_counter() - t0
         accuracy = measured_accuracy(fitted.model, splits.x_test, splits.y_test)
+        if args.precision != "float32":  # what would be stored: the same weights computing in float32
+            keras.mixed_precision.set_global_policy("float32")
+            as_float32 = build_model("cnn", steps, {"learning_rate": peak, **hp})
+            as_float32.set_weights(model.get_weights())
+            accuracy_float32 = measured_accuracy(shipped_model(as_float32), splits.x_test, splits.y_test)
+            keras.mixed_precision.set_global_policy(args.precision)
+        else:
+            accuracy_float32 = accuracy
         row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "label": args.label,
                "cpu": cpu(), "python": platform.python_version(), "keras": keras.__version__,
                "precision": args.precision, "epochs": epochs, "batch_size": batch, "learning_rate": peak,
-               "hyperparameters": hp, "seed": seed, "test_accuracy": accuracy, "fit_seconds": round(seconds, 1)}
+               "hyperparameters": hp, "seed": seed, "test_accuracy": accuracy,
+               "test_accuracy_float32": accuracy_float32, "fit_seconds": round(seconds, 1)}
         results.append(row)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"seed {seed}: {accuracy:.4f} in {seconds:.1f} s", flush=True)
-    accs = [r["test_accuracy"] for r in results]
+        print(f"seed {seed}: {accuracy:.4f} (in float32 {accuracy_float32:.4f}) in {seconds:.1f} s", flush=True)
+    accs, accs32 = [r["test_accuracy"] for r in results], [r["test_accuracy_float32"] for r in results]
     print(f"{args.label or hp} {args.precision} {epochs} epochs: mean {statistics.mean(accs):.5f} "
-          f"({' / '.join(f'{a:.4f}' for a in accs)}), fit {min(r['fit_seconds'] for r in results)}-"
+          f"({' / '.join(f'{a:.4f}' for a in accs)}), in float32 {statistics.mean(accs32):.5f}, fit {min(r['fit_seconds'] for r in results)}-"
           f"{max(r['fit_seconds'] for r in results)} s")
     return 0
 
