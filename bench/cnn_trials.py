@@ -91,7 +91,8 @@ def main() -> int:
         results.append(row)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"seed {seed}: {accuracy:.4f} (in float32 {accuracy_float32:.4f}) in {seconds:.1f} s", flush=True)
+        print(f"seed {seed}: {accuracy:.4f} (in float32 {accuracy_float32:.4f}) in {seconds:.1f} s",
+              flush=True)
     accs, accs32 = [r["test_accuracy"] for r in results], [r["test_accuracy_float32"] for r in results]
     print(f"{args.label or hp} {args.precision} {epochs} epochs: mean {statistics.mean(accs):.5f} "
           f"({' / '.join(f'{a:.4f}' for a in accs)}), in float32 {statistics.mean(accs32):.5f}, fit {min(r['fit_seconds'] for r in results)}-"

@@ -116,8 +116,8 @@ def test_an_aborting_outcome_stops_launching_trials(tmp_path):
         return [(tid, {"status": FAILED, "error": "no Dask worker for 120 s", "abort_search": True})
                 for tid in futures]
 
-    records = drive_search(make_oracle("random", "mlp", 10, 1, 1, directory=str(tmp_path)), lambda tid, hp: hp, wait_any,
-                           max_parallel=2, max_trials=10)
+    oracle = make_oracle("random", "mlp", 10, 1, 1, directory=str(tmp_path))
+    records = drive_search(oracle, lambda tid, hp: hp, wait_any, max_parallel=2, max_trials=10)
     assert len(records) == 2 and all(r["error"] == "no Dask worker for 120 s" for r in records)
 
 
@@ -141,8 +141,8 @@ def test_bayesian_needs_scipy_and_sklearn_or_says_so_in_one_line(tmp_path):
             make_oracle("bayesian", "mlp", 4, 1, 1, directory=str(tmp_path))
     else:
         fake = FakeCluster()
-        assert len(drive_search(make_oracle("bayesian", "mlp", 4, 1, 1, directory=str(tmp_path)), fake.launch, fake.wait_any,
-                                max_parallel=2, max_trials=4)) == 4
+        oracle = make_oracle("bayesian", "mlp", 4, 1, 1, directory=str(tmp_path))
+        assert len(drive_search(oracle, fake.launch, fake.wait_any, max_parallel=2, max_trials=4)) == 4
 
 
 def test_lost_worker_outcome_is_a_failed_trial():
