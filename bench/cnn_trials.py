@@ -48,7 +48,7 @@ def main() -> int:
 
     from bench.run import cpu
     from mnist_pipeline.model import build_model, fit, measured_accuracy, shipped_model, use_threads_for
-    from mnist_pipeline.params import MODEL_DEFAULTS
+    from mnist_pipeline.params import DEFAULT_VALIDATION_SIZE, MODEL_DEFAULTS
     from mnist_pipeline.store import LocalStore
     from tasks.fetch import fetch_mnist
     from tasks.normalize import normalize_and_split
@@ -66,7 +66,7 @@ def main() -> int:
         arrays, _ = validate_mnist(fetch_mnist(LocalStore(tmp), (args.mirror,)))
     results, out = [], REPO / "bench" / "results" / "cnn-trials.jsonl"
     for seed in [int(s) for s in args.seeds.split(",")]:
-        splits = normalize_and_split(arrays, 5000, seed)
+        splits = normalize_and_split(arrays, DEFAULT_VALIDATION_SIZE, seed)
         keras.utils.set_random_seed(seed)
         steps = epochs * math.ceil(len(splits.x_train) / batch)
         model = build_model("cnn", steps, {"learning_rate": peak, **hp})
@@ -94,9 +94,10 @@ def main() -> int:
         print(f"seed {seed}: {accuracy:.4f} (in float32 {accuracy_float32:.4f}) in {seconds:.1f} s",
               flush=True)
     accs, accs32 = [r["test_accuracy"] for r in results], [r["test_accuracy_float32"] for r in results]
+    fits = [r["fit_seconds"] for r in results]
     print(f"{args.label or hp} {args.precision} {epochs} epochs: mean {statistics.mean(accs):.5f} "
-          f"({' / '.join(f'{a:.4f}' for a in accs)}), in float32 {statistics.mean(accs32):.5f}, fit {min(r['fit_seconds'] for r in results)}-"
-          f"{max(r['fit_seconds'] for r in results)} s")
+          f"({' / '.join(f'{a:.4f}' for a in accs)}), in float32 {statistics.mean(accs32):.5f}, "
+          f"fit {min(fits)}-{max(fits)} s")
     return 0
 
 

@@ -146,7 +146,8 @@ def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client,
     assert registry.read_production(store)[0].run_id == str(run.id)
     server_log = server[1].read_text()
     assert "Can't evaluate bulk DML" not in server_log, server_log[-3000:]
-    assert not server_errors(server_log), server_errors(server_log)[0][-3000:]
+    errors = server_errors(server_log)
+    assert not errors, errors[0][-3000:]
     if request.node.callspec.params["server"] == "postgresql":  # the run is PostgreSQL's row, not a file's
         postgres = request.getfixturevalue("postgres")
         row = f"SELECT state_name, auto_scheduled FROM flow_run WHERE id = '{run.id}'"
