@@ -2,11 +2,15 @@
 one variation of the recipe per run, seeds 42-44 by default, one JSON line per seed.
 
     python bench/cnn_trials.py --mirror ../shared/data/mnist --epochs 15 --precision mixed_bfloat16 \
-        [--filters 24] [--units 256] [--members 3] [--learning-rate 0.006] [--label NAME]
+        [--filters 24] [--units 256] [--members 3] [--learning-rate 0.006] [--label NAME] \
+        [--member-kernels 5,3,3] [--ema 0.995] [--train-on-validation] [--tta]
 
 Like `flows/train_flow.py --model cnn --seed S`: the split of seed S, Keras's seed S, the recipe's
 build and fit (mnist_pipeline/model.py), test accuracy as the evaluate stage measures it. Without
 Prefect, so the figure is the model's alone. Appends to bench/results/cnn-trials.jsonl.
+Variations the pipeline does not ship: --train-on-validation also trains on the 5,000 images the
+split holds out (no validation curves then); --tta also scores the average of the predictions for
+each test image and its four 1-pixel shifts (test-time augmentation).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -39,8 +45,15 @@ def main() -> int:
     ap.add_argument("--members", type=int)
     ap.add_argument("--dropout", type=float)
     ap.add_argument("--shift", type=int, dest="augment_shift_px")
+    ap.add_argument("--member-kernels", type=lambda v: tuple(int(k) for k in v.split(",")),
+                    help="one conv kernel size per member, e.g. 5,3,3 (sets --members)")
+    ap.add_argument("--ema", type=float, dest="ema_momentum", help="Adam's weight averaging, e.g. 0.995")
+    ap.add_argument("--train-on-validation", action="store_true")
+    ap.add_argument("--tta", action="store_true")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
+    if args.member_kernels:
+        args.members = len(args.member_kernels)
 
     from mnist_pipeline.startup import prepare_tensorflow
     prepare_tensorflow()
@@ -58,8 +71,8 @@ def main() -> int:
     epochs = args.epochs or defaults["epochs"]
     batch = args.batch_size or defaults["batch_size"]
     peak = args.learning_rate or defaults["learning_rate"]
-    hp = {k: getattr(args, k) for k in ("filters", "units", "members", "dropout", "augment_shift_px")
-          if getattr(args, k) is not None}
+    hp = {k: getattr(args, k) for k in ("filters", "units", "members", "dropout", "augment_shift_px",
+                                        "member_kernels", "ema_momentum") if getattr(args, k) is not None}
     use_threads_for("cnn")
     keras.mixed_precision.set_global_policy(args.precision)
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,14 +80,18 @@ def main() -> int:
     results, out = [], REPO / "bench" / "results" / "cnn-trials.jsonl"
     for seed in [int(s) for s in args.seeds.split(",")]:
         splits = normalize_and_split(arrays, DEFAULT_VALIDATION_SIZE, seed)
+        x_train, y_train, validation = splits.x_train, splits.y_train, (splits.x_val, splits.y_val)
+        if args.train_on_validation:
+            x_train, y_train = np.concatenate([x_train, splits.x_val]), np.concatenate([y_train, splits.y_val])
+            validation = None
         keras.utils.set_random_seed(seed)
-        steps = epochs * math.ceil(len(splits.x_train) / batch)
+        steps = epochs * math.ceil(len(x_train) / batch)
         model = build_model("cnn", steps, {"learning_rate": peak, **hp})
         t0 = time.perf_counter()
-        fitted = fit(model, splits.x_train, splits.y_train, epochs=epochs, batch_size=batch,
-                     validation=(splits.x_val, splits.y_val))
+        fitted = fit(model, x_train, y_train, epochs=epochs, batch_size=batch, validation=validation)
         seconds = time.perf_counter() - t0
         accuracy = measured_accuracy(fitted.model, splits.x_test, splits.y_test)
+        tta = shifted_accuracy(fitted.model, splits.x_test, splits.y_test) if args.tta else None
         if args.precision != "float32":  # what would be stored: the same weights computing in float32
             keras.mixed_precision.set_global_policy("float32")
             as_float32 = build_model("cnn", steps, {"learning_rate": peak, **hp})
@@ -86,19 +103,33 @@ def main() -> int:
         row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "label": args.label,
                "cpu": cpu(), "python": platform.python_version(), "keras": keras.__version__,
                "precision": args.precision, "epochs": epochs, "batch_size": batch, "learning_rate": peak,
-               "hyperparameters": hp, "seed": seed, "test_accuracy": accuracy,
+               "hyperparameters": hp, "train_on_validation": args.train_on_validation,
+               "training_images": len(x_train), "seed": seed, "test_accuracy": accuracy, "tta_accuracy": tta,
                "test_accuracy_float32": accuracy_float32, "fit_seconds": round(seconds, 1)}
         results.append(row)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"seed {seed}: {accuracy:.4f} (in float32 {accuracy_float32:.4f}) in {seconds:.1f} s",
-              flush=True)
+        print(f"seed {seed}: {accuracy:.4f} (in float32 {accuracy_float32:.4f}"
+              f"{f', with TTA {tta:.4f}' if tta is not None else ''}) in {seconds:.1f} s", flush=True)
     accs, accs32 = [r["test_accuracy"] for r in results], [r["test_accuracy_float32"] for r in results]
     fits = [r["fit_seconds"] for r in results]
     print(f"{args.label or hp} {args.precision} {epochs} epochs: mean {statistics.mean(accs):.5f} "
           f"({' / '.join(f'{a:.4f}' for a in accs)}), in float32 {statistics.mean(accs32):.5f}, "
           f"fit {min(fits)}-{max(fits)} s")
+    if args.tta:
+        print(f"with TTA: mean {statistics.mean(r['tta_accuracy'] for r in results):.5f}")
     return 0
+
+
+def shifted_accuracy(model, images, labels) -> float:
+    """Accuracy of the average of the predictions for each image and its four 1-pixel shifts
+    (zeros shifted in)."""
+    from mnist_pipeline.model import predict_probabilities
+
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+    views = [padded[:, 1 + dy:29 + dy, 1 + dx:29 + dx] for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+    probabilities = sum(predict_probabilities(model, np.ascontiguousarray(v)) for v in views)
+    return round(float(np.mean(probabilities.argmax(axis=1) == labels)), 6)
 
 
 if __name__ == "__main__":

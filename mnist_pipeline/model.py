@@ -68,14 +68,14 @@ def build_mlp(learning_rate: float, units: int, dropout: float):
     return model
 
 
-def _conv_block(x, width: int):
-    """Conv 5x5 -> max pool -> batch norm -> ReLU. Pooling before batch norm is nearly the same model
+def _conv_block(x, width: int, kernel: int = 5):
+    """Conv (5x5 unless told) -> max pool -> batch norm -> ReLU. Pooling before batch norm is nearly the same model
     (a max commutes with ReLU and with a per-channel affine map of positive scale) at a quarter of
     the batch norm's cost. Momentum 0.9: with the default 0.99 the moving statistics lag so far
     behind after one epoch that the model is useless on test images."""
     from keras import layers
 
-    x = layers.Conv2D(width, 5, use_bias=False)(x)
+    x = layers.Conv2D(width, kernel, use_bias=False)(x)
     x = layers.MaxPooling2D()(x)
     x = layers.BatchNormalization(momentum=0.9)(x)
     return layers.Activation("relu")(x)
@@ -92,12 +92,12 @@ def cnn_stem(x, filters: int, shift_px: int):
     return _conv_block(x, filters)
 
 
-def cnn_member(x, filters: int, units: int, dropout: float, name: str):
+def cnn_member(x, filters: int, units: int, dropout: float, name: str, kernel: int = 5):
     """One member on top of the stem: a second conv block of twice the filters, a dense layer with
     batch norm, its own softmax."""
     from keras import layers
 
-    x = layers.Flatten()(_conv_block(x, 2 * filters))
+    x = layers.Flatten()(_conv_block(x, 2 * filters, kernel))
     x = layers.Dense(units, use_bias=False)(x)
     x = layers.Activation("relu")(layers.BatchNormalization(momentum=0.9)(x))
     if dropout > 0:
@@ -106,23 +106,31 @@ def cnn_member(x, filters: int, units: int, dropout: float, name: str):
 
 
 def build_cnn(learning_rate: float, total_steps: int, filters: int, units: int, dropout: float,
-              shift_px: int, members: int):
+              shift_px: int, members: int, member_kernels: tuple[int, ...] | None = None,
+              ema_momentum: float | None = None):
     """The cnn as it trains: an output per member and their average, "ensemble" (for one member,
     that member). Each member learns from its own label-smoothed loss, so that they differ; the
-    average's loss weighs nothing and is only watched. `shipped_model` is what gets stored."""
+    average's loss weighs nothing and is only watched. `shipped_model` is what gets stored.
+    `member_kernels` (one conv kernel size per member) and `ema_momentum` (Adam's weight averaging)
+    are for experiments (bench/cnn_trials.py, docs/cnn.md); the recipe uses neither."""
     import keras
     from keras import layers
 
+    kernels = tuple(member_kernels or (5,) * members)
+    if len(kernels) != members:
+        raise ValueError(f"member_kernels names {len(kernels)} kernel sizes for {members} members; give one per member")
     inputs = keras.Input((28, 28))
     stem = cnn_stem(inputs, filters, shift_px)
     if members == 1:
-        outputs = {"ensemble": cnn_member(stem, filters, units, dropout, "ensemble")}
+        outputs = {"ensemble": cnn_member(stem, filters, units, dropout, "ensemble", kernels[0])}
     else:
-        heads = {f"member_{i}": cnn_member(stem, filters, units, dropout, f"member_{i}") for i in range(members)}
+        heads = {f"member_{i}": cnn_member(stem, filters, units, dropout, f"member_{i}", k)
+                 for i, k in enumerate(kernels)}
         outputs = {**heads, "ensemble": layers.Average(name="ensemble")(list(heads.values()))}
     model = keras.Model(inputs, outputs, name="mnist_cnn")
     smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=CNN_LABEL_SMOOTHING)
-    model.compile(optimizer=keras.optimizers.Adam(one_cycle(learning_rate, max(1, total_steps))),
+    averaging = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
+    model.compile(optimizer=keras.optimizers.Adam(one_cycle(learning_rate, max(1, total_steps)), **averaging),
                   loss={name: smoothed for name in outputs},
                   loss_weights={name: 0.0 if name == "ensemble" and members > 1 else 1.0 for name in outputs},
                   # what the shipped model scores: accuracy and plain cross-entropy (the test loss's
@@ -135,12 +143,14 @@ def build_cnn(learning_rate: float, total_steps: int, filters: int, units: int, 
 def build_model(kind: str, total_steps: int = 1, hyperparameters: dict | None = None):
     """The model of `kind`, compiled for training. `hyperparameters` is a point of the search
     space (mnist_pipeline/search_space.py: learning_rate, units, dropout; for the cnn filters,
-    augment_shift_px and members); what it leaves out is the recipe's default."""
+    augment_shift_px and members, and for experiments member_kernels and ema_momentum); what it
+    leaves out is the recipe's default."""
     hp = {**default_values(kind), **(hyperparameters or {})}
     if kind == "cnn":
         return build_cnn(float(hp["learning_rate"]), total_steps, filters=int(hp["filters"]), units=int(hp["units"]),
                          dropout=float(hp["dropout"]), shift_px=int(hp["augment_shift_px"]),
-                         members=int(hp["members"]))
+                         members=int(hp["members"]), member_kernels=hp.get("member_kernels"),
+                         ema_momentum=hp.get("ema_momentum"))
     return build_mlp(float(hp["learning_rate"]), int(hp["units"]), float(hp["dropout"]))
 
 

@@ -69,6 +69,16 @@ def test_cnn_members_learn_from_their_own_smoothed_losses_and_the_average_is_onl
     assert set(targets) == set(model.output) and targets["member_0"].tolist()[0] == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
 
 
+def test_cnn_experiments_vary_each_members_kernel_and_average_the_weights():
+    model = build_model("cnn", 1000, {"members": 3, "member_kernels": (5, 3, 3), "ema_momentum": 0.995})
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.kernel_size for c in convs] == [(5, 5), (5, 5), (3, 3), (3, 3)]  # the stem, then each member's
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.995
+    assert not build_model("cnn", 1000).optimizer.use_ema  # the recipe: neither
+    with pytest.raises(ValueError, match="2 kernel sizes for 3 members"):
+        build_model("cnn", 1000, {"members": 3, "member_kernels": (5, 3)})
+
+
 @pytest.mark.parametrize("keras_logs", [
     # two or more members: the averaged output's metrics carry its name
     {"loss": 1.1, "ensemble_accuracy": 0.98, "ensemble_cross_entropy": 0.07, "member_0_loss": 0.55,
