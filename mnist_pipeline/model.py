@@ -27,6 +27,7 @@ from mnist_pipeline.tensors import as_tensor
 # the peak; a cosine takes it back to zero over the rest.
 CNN_WARMUP_FRACTION = 0.2
 CNN_LABEL_SMOOTHING = 0.1
+CNN_KERNEL = 5  # every conv's kernel size in the recipe (experiments may vary the members')
 # Adam's moving average of the MLP's weights (Polyak averaging): the last epoch's raw weights are a
 # noisy draw, the average is what gets validated, stored and served (docs/performance.md).
 MLP_EMA_MOMENTUM = 0.99
@@ -68,8 +69,8 @@ def build_mlp(learning_rate: float, units: int, dropout: float):
     return model
 
 
-def _conv_block(x, width: int, kernel: int = 5):
-    """Conv (5x5 unless told) -> max pool -> batch norm -> ReLU. Pooling before batch norm is nearly the same model
+def _conv_block(x, width: int, kernel: int = CNN_KERNEL):
+    """Conv -> max pool -> batch norm -> ReLU. Pooling before batch norm is nearly the same model
     (a max commutes with ReLU and with a per-channel affine map of positive scale) at a quarter of
     the batch norm's cost. Momentum 0.9: with the default 0.99 the moving statistics lag so far
     behind after one epoch that the model is useless on test images."""
@@ -92,7 +93,7 @@ def cnn_stem(x, filters: int, shift_px: int):
     return _conv_block(x, filters)
 
 
-def cnn_member(x, filters: int, units: int, dropout: float, name: str, kernel: int = 5):
+def cnn_member(x, filters: int, units: int, dropout: float, name: str, kernel: int = CNN_KERNEL):
     """One member on top of the stem: a second conv block of twice the filters, a dense layer with
     batch norm, its own softmax."""
     from keras import layers
@@ -116,7 +117,7 @@ def build_cnn(learning_rate: float, total_steps: int, filters: int, units: int, 
     import keras
     from keras import layers
 
-    kernels = tuple(member_kernels or (5,) * members)
+    kernels = tuple(member_kernels or (CNN_KERNEL,) * members)
     if len(kernels) != members:
         raise ValueError(f"member_kernels names {len(kernels)} kernel sizes for {members} members; give one per member")
     inputs = keras.Input((28, 28))
