@@ -386,8 +386,12 @@ class _Deadlines:
             return None
         if caught_exception is not None:
             state["last_error"] = type(caught_exception).__name__
-        elif response is not None:
+        elif response is not None and (response[0].status_code >= 500 or response[0].status_code == 429):
             state["last_error"] = f"HTTP {response[0].status_code}"
+        else:
+            # An answer (a 200, a 404, a refused condition) is final however late it came: it was
+            # once turned into "did not answer" when a slow machine took the deadline to get it.
+            return None
         if time.monotonic() > state["deadline"]:
             raise _DeadlineExceeded(attempts, state["last_error"])
         return None  # no opinion: botocore's retry handler decides

@@ -27,10 +27,12 @@ def stop_process_groups(procs: list[subprocess.Popen], grace_s: float) -> None:
 
 
 class CuttableProxy:
-    """127.0.0.1:port -> target. While cut, new connections are refused and open ones dropped."""
+    """127.0.0.1:port -> target. While cut, new connections are refused and open ones dropped.
+    `answer_delay_s` holds back each piece of the target's answers: a slow server, not a mute one."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, answer_delay_s: float = 0.0):
         self.target = ("127.0.0.1", target_port)
+        self.answer_delay_s = answer_delay_s
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -82,13 +84,14 @@ class CuttableProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, delay in ((client, upstream, 0.0), (upstream, client, self.answer_delay_s)):
+                threading.Thread(target=self._pipe, args=(a, b, delay), daemon=True).start()
 
     @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(src: socket.socket, dst: socket.socket, delay_s: float) -> None:
         try:
             while data := src.recv(65536):
+                time.sleep(delay_s)
                 dst.sendall(data)
         except OSError:
             pass

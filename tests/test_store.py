@@ -17,7 +17,7 @@ from mnist_pipeline.errors import (NotFoundInStore, PreconditionFailed, StoreErr
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.store import STALE_TEMP_S, LocalStore, open_store
 from tests.conftest import free_port
-from tests.faults import SilentEndpoint
+from tests.faults import CuttableProxy, SilentEndpoint
 
 S3_SERVERS = pytest.mark.parametrize("store", ["s3", "radosgw"], indirect=True)  # moto, radosgw
 KEY = "registry/production.json"
@@ -259,6 +259,25 @@ def test_a_hung_endpoint_warns_on_each_retry_and_gives_up_at_the_deadline(s3_env
     assert "did not answer within 4 s" in str(err.value)
     retries = [r.getMessage() for r in caplog.records]
     assert retries and retries[0].startswith("S3 endpoint not answering (ReadTimeoutError), attempt 2/4")
+
+
+def test_a_slow_answer_past_the_deadline_is_still_the_answer(s3_env, moto_server, monkeypatch, caplog):
+    """The deadline stops new attempts; it never throws away an answer that came. A CI machine
+    once took 20 s for one listing and the store reported "did not answer (last: HTTP 200)"."""
+    slow = CuttableProxy(moto_server.port, answer_delay_s=0.5)
+    slow.restore()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", slow.endpoint)
+    monkeypatch.setenv("MNIST_DEADLINE_S", "0.2")  # each answer takes longer; each attempt may take 1 s
+    try:
+        with caplog.at_level(logging.WARNING, logger="mnist_pipeline.store"):
+            store = open_store(load_settings())
+            store.put(KEY, b"{}")
+            assert store.get(KEY) == b"{}" and store.list_objects()[0].key == KEY
+            with pytest.raises(NotFoundInStore):  # a late 404 is a 404, not an outage
+                store.get("registry/absent.json")
+    finally:
+        slow.cut()
+    assert not caplog.records, [r.getMessage() for r in caplog.records]  # not one retry
 
 
 def test_a_read_only_folder_is_found_by_the_probe_in_one_line(tmp_path, make_readonly):
