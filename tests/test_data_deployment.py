@@ -1,9 +1,10 @@
 """The served deployment (`deployments/serve.py`) and data that changes, on a real `prefect server
 start` (the session's, on SQLite): a night with nothing new ends Unchanged in seconds; an ingest
 starts a run, which trains on the new version; and when the serving process was down across
-three scheduled minutes of a 1-minute cron, one run trains and the others end Cancelled naming it.
+two scheduled minutes of a 1-minute cron, one run trains and the other ends Cancelled naming it.
 
-The missed-schedule story needs three real minutes of downtime: its serving process is started
+The missed-schedule story needs two real minutes of downtime (the suite's longest wait, so two
+rather than three: one replayed run is as wrong as two): its serving process is started
 and killed when the module starts, so that those minutes pass while the first test runs."""
 
 from __future__ import annotations
@@ -153,11 +154,11 @@ def test_a_night_with_nothing_new_is_unchanged_in_seconds_and_an_ingest_starts_a
 
 def test_missed_scheduled_runs_are_not_replayed_one_trains_and_the_others_name_it(missed, client):
     served, deployment = missed
-    third_minute = served.killed_at.replace(second=0, microsecond=0) + timedelta(minutes=3)
-    time.sleep(max(0.0, (third_minute - datetime.now(timezone.utc)).total_seconds()) + 5)
+    second_minute = served.killed_at.replace(second=0, microsecond=0) + timedelta(minutes=2)
+    time.sleep(max(0.0, (second_minute - datetime.now(timezone.utc)).total_seconds()) + 5)
     late = [r for r in served.runs(client, deployment.id)
             if served.killed_at < r.expected_start_time < datetime.now(timezone.utc)]
-    assert len(late) == 3 and all(r.state.is_scheduled() for r in late), [(r.name, r.state) for r in late]
+    assert len(late) == 2 and all(r.state.is_scheduled() for r in late), [(r.name, r.state) for r in late]
     served.start()
 
     def settled():
@@ -172,7 +173,7 @@ def test_missed_scheduled_runs_are_not_replayed_one_trains_and_the_others_name_i
     assert len(trained) == 1, [(r.name, r.state.name) for r in runs]
     winner = trained[0]
     cancelled = [r for r in late_now(runs) if r.id != winner.id]
-    assert len(cancelled) >= 2 and all(r.state.is_cancelled() for r in cancelled), [(r.name, r.state) for r in runs]
+    assert len(cancelled) >= 1 and all(r.state.is_cancelled() for r in cancelled), [(r.name, r.state) for r in runs]
     for r in cancelled:
         assert r.state.message.startswith(f"superseded by run {winner.id} ({winner.name}, due ")
         assert r.state.message.endswith("a missed scheduled run is not replayed, the newest one runs")
