@@ -3,7 +3,7 @@ one variation of the recipe per run, seeds 42-44 by default, one JSON line per s
 
     python bench/cnn_trials.py --mirror ../shared/data/mnist --epochs 15 --precision mixed_bfloat16 \
         [--filters 24] [--units 256] [--members 3] [--learning-rate 0.006] [--label NAME] \
-        [--member-kernels 5,3,3] [--ema 0.995] [--train-on-validation] [--tta] [--elastic 1.0]
+        [--member-kernels 5,3,3] [--member-filters 48] [--ema 0.995] [--train-on-validation] [--tta] [--elastic 1.0]
 
 Like `flows/train_flow.py --model cnn --seed S`: the split of seed S, Keras's seed S, the recipe's
 build and fit (mnist_pipeline/model.py), test accuracy as the evaluate stage measures it. Without
@@ -12,7 +12,8 @@ Variations the pipeline does not ship: --train-on-validation also trains on the 
 split holds out (no validation curves then); --tta also scores the average of the predictions for
 each test image and its four 1-pixel shifts (test-time augmentation); --elastic A replaces the
 recipe's random shifts by the same shifts plus a smooth random displacement field (Simard et al.
-2003) of A pixels' standard deviation, `ElasticShift` below.
+2003) of A pixels' standard deviation, `ElasticShift` below; --member-filters N gives each member's
+conv N filters instead of twice the stem's.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def main() -> int:
     ap.add_argument("--elastic", type=float, default=0.0, metavar="PIXELS",
                     help="standard deviation of the elastic displacement, e.g. 1.0 (0: the recipe's shifts)")
     ap.add_argument("--elastic-grid", type=int, default=4, help="control points per side of the field")
+    ap.add_argument("--member-filters", type=int, default=None,
+                    help="filters of each member's conv (the recipe: twice --filters)")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     if args.member_kernels:
@@ -84,6 +87,9 @@ def main() -> int:
         hp_label = {"elastic_px": args.elastic, "elastic_grid": args.elastic_grid}
     else:
         hp_label = {}
+    if args.member_filters:
+        use_member_filters(args.member_filters)
+        hp_label["member_filters"] = args.member_filters
     keras.mixed_precision.set_global_policy(args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         arrays, _ = validate_mnist(fetch_mnist(LocalStore(tmp), (args.mirror,)))
@@ -182,6 +188,19 @@ def use_elastic_shifts(alpha_px: float, grid: int) -> None:
         return model_module._conv_block(x, filters)
 
     model_module.cnn_stem = elastic_stem
+
+
+def use_member_filters(width: int) -> None:
+    """Makes the model module's members use `width` filters in their conv (an experiment, as
+    `use_elastic_shifts`): the recipe's member has twice the stem's."""
+    import mnist_pipeline.model as model_module
+
+    member = model_module.cnn_member
+
+    def wider_member(x, filters, units, dropout, name, kernel=model_module.CNN_KERNEL):
+        return member(x, width // 2, units, dropout, name, kernel)
+
+    model_module.cnn_member = wider_member
 
 
 def shifted_accuracy(model, images, labels) -> float:
