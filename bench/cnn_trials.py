@@ -62,6 +62,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.member_kernels:
         args.members = len(args.member_kernels)
+    if args.member_filters and args.member_filters % 2:
+        ap.error(f"--member-filters {args.member_filters}: give an even number (the member's conv is built as twice a width)")
 
     from mnist_pipeline.startup import prepare_tensorflow
     prepare_tensorflow()
