@@ -1,7 +1,7 @@
 """Digit images that are not MNIST's: rendered with the typefaces matplotlib ships (DejaVu Sans,
 Serif and Mono, regular, bold and slanted), distorted (size, rotation, shear, stroke, position),
 dark ink on light paper with noise, as a scan would be: 64x64 PNGs by default. Deterministic for
-a seed; the tests and bench/ingest.py make their ingest folders with it."""
+a seed; the tests and bench/data.py make their ingest folders with it."""
 
 from __future__ import annotations
 
