@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from mnist_pipeline import collector, late_runs, notify, startup
 from mnist_pipeline.ephemeral_server import ephemeral_server
-from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient
+from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient, redacted
 from mnist_pipeline.params import command_line, parse_params
 from mnist_pipeline.redaction import install_log_redaction, redact
 from mnist_pipeline.settings import load_settings
@@ -105,13 +105,17 @@ def stop_flow_retries() -> None:
 
 @contextmanager
 def retried_only_if_transient():
-    """The flow retries what `errors.is_transient` calls transient, nothing else."""
+    """The flow retries what `errors.is_transient` calls transient, nothing else. Any URL in the
+    message of an unforeseen exception is redacted first: Prefect keeps it as the run's state."""
     try:
         yield
     except Exception as exc:
-        if not is_transient(exc):
+        clean = redacted(exc)
+        if not is_transient(clean):
             stop_flow_retries()
-        raise
+        if clean is exc:
+            raise
+        raise clean from None
 
 
 def decided(promoted: bool, reason: str, summary: dict, name: str | None = None) -> State:

@@ -102,3 +102,24 @@ def is_expected(exc: BaseException) -> bool:
 def os_error_message(exc: OSError) -> str:
     """`No space left on device` rather than `[Errno 28] No space left on device: '/x/.tmp-..'`."""
     return exc.strerror or type(exc).__name__
+
+
+def redacted(exc: BaseException) -> BaseException:
+    """`exc` with any URL in its message redacted, for an exception the pipeline did not foresee
+    (a library's, a bug's): its message becomes a Prefect state message and a stored result. Its
+    arguments and its usual text attributes are redacted in place, so its type (and what
+    `is_transient` says of it) and its traceback stay; an exception whose text still names a
+    secret after that is replaced by a RuntimeError of its redacted text."""
+    exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+    for name in ("strerror", "filename", "filename2", "reason", "msg", "url"):
+        value = getattr(exc, name, None)
+        if isinstance(value, str) and redact(value) != value:
+            try:
+                setattr(exc, name, redact(value))
+            except (AttributeError, TypeError):
+                pass
+    text = str(exc)
+    if redact(text) == text:
+        return exc
+    return RuntimeError(f"{type(exc).__name__}: {redact(text)}")
+

@@ -1,7 +1,8 @@
 """A pipeline stage as a Prefect task: `@stage("fetch", retries=...)` is `@task` with the
 pipeline's defaults (no result cache: a stage's inputs are arrays and stores, not keys worth
 hashing) that also records the stage's wall time and the process's peak memory after it, for the
-run's manifest and report."""
+run's manifest and report, and redacts any URL in the message of an exception nobody foresaw
+(mnist_pipeline/errors.py `redacted`) before Prefect stores it as the task's state."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Iterator
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from mnist_pipeline.errors import redacted
 
 _timings: ContextVar[dict | None] = ContextVar("mnist_stage_timings", default=None)
 
@@ -45,6 +48,11 @@ def stage(name: str, **task_options):
             started = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
+            except Exception as exc:
+                clean = redacted(exc)
+                if clean is exc:
+                    raise
+                raise clean from None
             finally:
                 _record(name, time.perf_counter() - started)
 

@@ -1,7 +1,8 @@
 """One redaction for every URL-shaped value (mnist_pipeline/redaction.py): a test per form, then
-where it is applied (log records of any logger, our errors, the notification warning), and end to
-end: a flow whose notification cannot be delivered to a token-bearing URL shows the token neither
-in its output nor in the Prefect server's database."""
+where it is applied (log records of any logger, our errors, an unforeseen exception, the
+notification warning), and end to end: a flow whose notification cannot be delivered to a
+token-bearing URL, and a stage or flow body raising a library's error that names a secret URL,
+show the secret neither in their output nor in the Prefect server's database."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.errors import StoreUnavailable
+from mnist_pipeline.errors import StoreUnavailable, is_transient, redacted
 from mnist_pipeline.redaction import install_log_redaction, redact, redact_url
 from tests.conftest import REPO, free_port, prefect_home
 
@@ -90,6 +91,85 @@ def test_our_errors_are_redacted_where_they_are_made():
     """Their messages reach task and flow states, the one-line errors and the UI."""
     exc = StoreUnavailable(f"cannot reach http://admin:{SECRET}@minio:9000")
     assert str(exc) == "cannot reach http://***@minio:9000"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("raised,shown", [
+    (ValueError(f"cannot read s3://AKIAKEY:{SECRET}@bucket/x"), "cannot read s3://***@bucket/x"),
+    (OSError(2, "No such file or directory", f"https://u:{SECRET}@mirror/x.gz"),
+     "[Errno 2] No such file or directory: 'https://***@mirror/x.gz'"),
+    (KeyError(f"json://h/p?-token={SECRET}"), "'json://h/p?-token=***'"),
+])
+def test_an_unforeseen_exception_keeps_its_type_and_loses_its_secrets(raised, shown):
+    """A library's or a bug's exception: its text becomes a Prefect state message."""
+    clean = redacted(raised)
+    assert clean is raised and str(clean) == shown
+    assert is_transient(redacted(ConnectionError(f"refused: s3://K:{SECRET}@b")))  # still retried
+
+
+@pytest.mark.unit
+def test_an_exception_whose_text_is_not_its_arguments_is_replaced_by_its_redacted_text():
+    class Computed(Exception):
+        def __str__(self):
+            return f"computed from s3://K:{SECRET}@bucket"
+
+    clean = redacted(Computed())
+    assert type(clean) is RuntimeError and str(clean) == "Computed: computed from s3://***@bucket"
+
+
+LEAKY_FLOW = """
+import sys
+sys.path.insert(0, {repo!r})
+from prefect import flow
+from flows import plumbing
+from mnist_pipeline.redaction import install_log_redaction
+from tasks.stage import stage
+
+
+@stage("leaky")
+def leaky():
+    raise ValueError("cannot reach s3://AKIAKEY:{secret}@bucket/prefix")
+
+
+@flow(name="leaky", retries=0)
+def leaky_flow(where: str):
+    with plumbing.retried_only_if_transient():
+        if where == "task":
+            leaky()
+        raise OSError(2, "No such file or directory", "https://user:{secret}@mirror.example/x.gz")
+
+
+install_log_redaction()
+state = leaky_flow(sys.argv[1], return_state=True)
+print("STATE", state.type.value, state.message)
+"""
+
+
+@pytest.mark.parametrize("where,shown", [("task", "s3://***@bucket/prefix"),
+                                         ("flow", "https://***@mirror.example/x.gz")])
+def test_an_unforeseen_exception_naming_a_secret_leaves_it_out_of_prefects_database(
+        where, shown, tmp_path, prefect_db):
+    """Raised in a stage or in the flow's body, as a library's error would be: Prefect stores the
+    exception's text as the task's and the flow's state message."""
+    home = Path(prefect_home(tmp_path / "prefect", prefect_db))
+    script = tmp_path / "leaky_flow.py"
+    script.write_text(LEAKY_FLOW.format(repo=str(REPO), secret=SECRET))
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, str(script), where], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert "STATE FAILED Flow run encountered an exception: " in output and shown in output, output[-3000:]
+    assert SECRET not in output
+    db = sqlite3.connect(home / "prefect.db")
+    try:
+        messages = [m for (m,) in db.execute("SELECT message FROM flow_run_state UNION ALL "
+                                             "SELECT message FROM task_run_state") if m]
+        dump = "\n".join(db.iterdump())
+    finally:
+        db.close()
+    assert any(shown in m for m in messages), messages
+    assert SECRET not in dump  # no table at all: states, logs, events, results
 
 
 def test_an_undelivered_notification_names_its_url_without_apprise_tokens(monkeypatch):
