@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mnist_pipeline.errors import TrainingDiverged
 from mnist_pipeline.model import build_model, fit, predict_probabilities, use_threads_for
+from mnist_pipeline.redaction import redact
 from mnist_pipeline.search_space import default_values
 from mnist_pipeline.startup import prepare_process
 
@@ -109,11 +110,12 @@ def trial_epochs(hp_values: dict, epochs: int) -> int:
 
 
 def one_line(exc: BaseException) -> str:
+    """A failed trial's reason, as the search records and reports it: any URL in it redacted."""
     try:
         text = str(exc).strip().splitlines()
     except Exception:  # an exception whose __str__ fails still names its type
         text = []
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return redact(f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": "))
 
 
 def run_trial(hp_values: dict, model_kind: str, epochs: int, seed: int, data_source: DataSource,

@@ -117,6 +117,15 @@ def test_an_exception_whose_text_is_not_its_arguments_is_replaced_by_its_redacte
     assert type(clean) is RuntimeError and str(clean) == "Computed: computed from s3://***@bucket"
 
 
+@pytest.mark.unit
+def test_a_failed_trials_recorded_reason_is_redacted():
+    """A trial's error is kept in the search's records, its report and artifact, not raised."""
+    from tasks.trial import one_line
+
+    assert one_line(OSError(f"cannot open s3://K:{SECRET}@bucket/x\nsecond line")) == \
+        "OSError: cannot open s3://***@bucket/x"
+
+
 LEAKY_FLOW = """
 import sys
 sys.path.insert(0, {repo!r})
