@@ -110,15 +110,15 @@ def redacted(exc: BaseException) -> BaseException:
     arguments and its usual text attributes are redacted in place, so its type (and what
     `is_transient` says of it) and its traceback stay; an exception whose text still names a
     secret after that is replaced by a RuntimeError of its redacted text."""
-    exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
-    for name in ("strerror", "filename", "filename2", "reason", "msg", "url"):
-        value = getattr(exc, name, None)
-        if isinstance(value, str) and redact(value) != value:
-            try:
+    try:  # never let the redaction hide the exception it redacts
+        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+        for name in ("strerror", "filename", "filename2", "reason", "msg", "url"):
+            value = getattr(exc, name, None)
+            if isinstance(value, str) and redact(value) != value:
                 setattr(exc, name, redact(value))
-            except (AttributeError, TypeError):
-                pass
-    text = str(exc)
+        text = str(exc)
+    except Exception:
+        text = ""
     if redact(text) == text:
         return exc
     return RuntimeError(f"{type(exc).__name__}: {redact(text)}")

@@ -118,6 +118,19 @@ def test_an_exception_whose_text_is_not_its_arguments_is_replaced_by_its_redacte
 
 
 @pytest.mark.unit
+def test_an_exception_that_cannot_be_rewritten_or_printed_is_raised_as_it_is():
+    class Frozen(Exception):
+        def __setattr__(self, name, value):
+            raise AttributeError(name)
+
+        def __str__(self):
+            raise TypeError("no text")
+
+    frozen = Frozen("a")
+    assert redacted(frozen) is frozen
+
+
+@pytest.mark.unit
 def test_a_failed_trials_recorded_reason_is_redacted():
     """A trial's error is kept in the search's records, its report and artifact, not raised."""
     from tasks.trial import one_line
