@@ -122,4 +122,3 @@ def redacted(exc: BaseException) -> BaseException:
     if redact(text) == text:
         return exc
     return RuntimeError(f"{type(exc).__name__}: {redact(text)}")
-
