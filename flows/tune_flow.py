@@ -55,7 +55,8 @@ def tune_flow(**parameters):
     tuning = {"search": keys.tuning_search(run_id), "report": keys.tuning_report(run_id),
               "best_trial": best["trial_id"], "val_accuracy": best["val_accuracy"], "hyperparameters": hp,
               "algorithm": p.algorithm, "trials_completed": summary["trials_completed"]}
-    return run_pipeline(params, tuning)
+    with plumbing.retried_only_if_transient():  # no retries here: it redacts what nobody foresaw
+        return run_pipeline(params, tuning)
 
 
 def main(argv: list[str] | None = None) -> int:
