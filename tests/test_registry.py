@@ -262,6 +262,39 @@ def test_a_failure_after_the_promotion_is_reported_as_what_it_is(store, runs):
     assert again.already and again.history_key == current.history_key and store.exists(current.history_key)
 
 
+class RecordsMissingTogether:
+    """The store, except that the two threads asking whether a history record exists both get
+    their answer before either writes it: two retries of one promotion at the same moment."""
+
+    def __init__(self, store):
+        self._store, self._barrier = store, threading.Barrier(2)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def exists(self, key):
+        found = self._store.exists(key)
+        if key.startswith(keys.HISTORY):
+            self._barrier.wait(30)
+        return found
+
+
+def test_two_retries_writing_a_missing_history_record_at_once_record_the_decision_once(store, runs):
+    assert promote(FailingHistoryWrites(store), "a").history_key is None
+    current, _ = registry.read_production(store)
+    candidate, racing, results = registry.stored_candidate(store, "a"), RecordsMissingTogether(store), {}
+
+    def retry(name):
+        results[name] = registry.promote(racing, candidate, min_accuracy=MIN)
+
+    threads = [threading.Thread(target=retry, args=(name,)) for name in ("first", "second")]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert {r.history_key for r in results.values()} == {current.history_key}
+    history = [r for r in registry.read_history(store) if r["source"] == "cli"]
+    assert [(r["key"], r["run_id"], r["decision"]) for r in history] == [(current.history_key, "a", "promoted")]
+
+
 def test_a_stale_etag_is_refused_and_the_loser_decides_again(store, runs, monkeypatch):
     assert promote(store, "b").promoted
     real_read = registry.read_production_raw

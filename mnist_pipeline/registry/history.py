@@ -10,7 +10,7 @@ import socket
 from datetime import datetime, timedelta, timezone
 
 from mnist_pipeline import keys
-from mnist_pipeline.errors import PreconditionFailed, RegistryError
+from mnist_pipeline.errors import PipelineError, PreconditionFailed, RegistryError
 from mnist_pipeline.registry.schema import HistoryRecord, parse_history_record
 from mnist_pipeline.store import ArtifactStore
 
@@ -53,16 +53,29 @@ def history_key_run_id(key: str) -> str | None:
 
 
 def write_history(store: ArtifactStore, record: dict, key: str | None = None) -> str:
-    """One create-only record per decision; a same-microsecond clash gets a new timestamp."""
+    """One create-only record per decision; a key that clashes gets a new timestamp, unless it is
+    the given one (which production.json names) and holds this decision already, written by a
+    retry racing this one: then the decision is not recorded twice."""
     for _ in range(5):
+        given = key is not None
         key = key or new_history_key(record["run_id"])
         body = dict(record, recorded_at=key[len(keys.HISTORY):][:_STAMP_LEN])
         try:
             store.put_if_absent(key, json.dumps(body, indent=2).encode())
             return key
         except PreconditionFailed:
+            if given and _holds_decision(store, key, record):
+                return key
             key = None
     raise RegistryError("could not write a unique history record")
+
+
+def _holds_decision(store: ArtifactStore, key: str, record: dict) -> bool:
+    try:
+        found = json.loads(store.get(key))
+    except (PipelineError, ValueError):  # not there after all, or not a record
+        return False
+    return isinstance(found, dict) and all(found.get(f) == record.get(f) for f in ("run_id", "decision"))
 
 
 def history_keys(store: ArtifactStore, since: datetime | None = None) -> list[str]:
