@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from mnist_pipeline import collector, late_runs, notify, startup
 from mnist_pipeline.ephemeral_server import ephemeral_server
-from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient, redacted
+from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient, raising_redacted
 from mnist_pipeline.params import command_line, parse_params
 from mnist_pipeline.redaction import install_log_redaction, redact
 from mnist_pipeline.settings import load_settings
@@ -108,14 +108,12 @@ def retried_only_if_transient():
     """The flow retries what `errors.is_transient` calls transient, nothing else. Any URL in the
     message of an unforeseen exception is redacted first: Prefect keeps it as the run's state."""
     try:
-        yield
+        with raising_redacted():
+            yield
     except Exception as exc:
-        clean = redacted(exc)
-        if not is_transient(clean):
+        if not is_transient(exc):
             stop_flow_retries()
-        if clean is exc:
-            raise
-        raise clean from None
+        raise
 
 
 def decided(promoted: bool, reason: str, summary: dict, name: str | None = None) -> State:

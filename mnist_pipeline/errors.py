@@ -8,6 +8,7 @@ a damaged registry) fail the run at once: retrying would fail the same way, only
 from __future__ import annotations
 
 import errno
+from contextlib import contextmanager
 
 from mnist_pipeline.redaction import redact
 
@@ -122,3 +123,16 @@ def redacted(exc: BaseException) -> BaseException:
     if redact(text) == text:
         return exc
     return RuntimeError(f"{type(exc).__name__}: {redact(text)}")
+
+
+@contextmanager
+def raising_redacted():
+    """What escapes the block leaves with its URLs redacted (`redacted`): around code whose
+    exceptions Prefect stores as a task's or a flow's state."""
+    try:
+        yield
+    except Exception as exc:
+        clean = redacted(exc)
+        if clean is exc:
+            raise
+        raise clean from None

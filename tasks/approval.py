@@ -30,6 +30,7 @@ from prefect.states import Completed, State
 from pydantic import Field, ValidationError
 
 from mnist_pipeline import notify
+from mnist_pipeline.errors import raising_redacted
 from mnist_pipeline.registry import Check, GateDecision
 from mnist_pipeline.settings import load_settings
 
@@ -129,32 +130,33 @@ def approval_flow(run_id: str, test_accuracy: float, min_accuracy: float, reason
                   production_run_id: str | None, timeout_s: int) -> State:
     """Ask a person, wait for the answer (paused), and end Completed named Approved, Rejected or
     Expired, the verdict as its data."""
-    log, me = get_run_logger(), FlowRunContext.get().flow_run.id
-    until = (datetime.now(timezone.utc) + timedelta(seconds=timeout_s)).strftime("%Y-%m-%d %H:%M:%S UTC")
-    from prefect.utilities.urls import url_for
+    with raising_redacted():  # its state is stored like the run's, and a library's error names URLs
+        log, me = get_run_logger(), FlowRunContext.get().flow_run.id
+        until = (datetime.now(timezone.utc) + timedelta(seconds=timeout_s)).strftime("%Y-%m-%d %H:%M:%S UTC")
+        from prefect.utilities.urls import url_for
 
-    page = url_for("flow-run", obj_id=me) or f"flow run approve-{run_id}"
-    for warning in notify.send(load_settings(), notify.Outcome(
-            run_id, "approval", reason, test_accuracy, min_accuracy, production_run_id, report,
-            action=f"Approve or reject it by {until} in the Prefect UI (Resume): {page}")):
-        log.warning(warning)
-    log.info("waiting for a person's approval until %s: %s", until, page)
-    form = ApprovalForm.with_initial_data(
-        description=form_description(run_id, test_accuracy, reason, report, until))
-    now = datetime.now(timezone.utc).isoformat
-    try:
-        verdict = verdict_of(pause_flow_run(wait_for_input=form, timeout=timeout_s,
-                                            poll_interval=poll_interval(timeout_s), key="approval"))
-        name = "Approved" if verdict.approved else "Rejected"
-    except FlowPauseTimeout:
-        _take_back(me)
-        verdict = Verdict(False, f"promotion blocked: no approval within {duration(timeout_s)}", at=now())
-        name = "Expired"
-    except ValidationError:  # resumed without the form filled in
-        verdict = Verdict(False, "promotion blocked: resumed without an answer (approve or reject)", at=now())
-        name = "Rejected"
-    log.info("approval: %s", verdict.reason)
-    return Completed(name=name, message=verdict.reason, data=dataclasses.asdict(verdict))
+        page = url_for("flow-run", obj_id=me) or f"flow run approve-{run_id}"
+        for warning in notify.send(load_settings(), notify.Outcome(
+                run_id, "approval", reason, test_accuracy, min_accuracy, production_run_id, report,
+                action=f"Approve or reject it by {until} in the Prefect UI (Resume): {page}")):
+            log.warning(warning)
+        log.info("waiting for a person's approval until %s: %s", until, page)
+        form = ApprovalForm.with_initial_data(
+            description=form_description(run_id, test_accuracy, reason, report, until))
+        now = datetime.now(timezone.utc).isoformat
+        try:
+            verdict = verdict_of(pause_flow_run(wait_for_input=form, timeout=timeout_s,
+                                                poll_interval=poll_interval(timeout_s), key="approval"))
+            name = "Approved" if verdict.approved else "Rejected"
+        except FlowPauseTimeout:
+            _take_back(me)
+            verdict = Verdict(False, f"promotion blocked: no approval within {duration(timeout_s)}", at=now())
+            name = "Expired"
+        except ValidationError:  # resumed without the form filled in
+            verdict = Verdict(False, "promotion blocked: resumed without an answer (approve or reject)", at=now())
+            name = "Rejected"
+        log.info("approval: %s", verdict.reason)
+        return Completed(name=name, message=verdict.reason, data=dataclasses.asdict(verdict))
 
 
 def await_approval(run_id: str, decision: GateDecision, test_accuracy: float, report: str,

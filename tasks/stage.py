@@ -2,7 +2,7 @@
 pipeline's defaults (no result cache: a stage's inputs are arrays and stores, not keys worth
 hashing) that also records the stage's wall time and the process's peak memory after it, for the
 run's manifest and report, and redacts any URL in the message of an exception nobody foresaw
-(mnist_pipeline/errors.py `redacted`) before Prefect stores it as the task's state."""
+(mnist_pipeline/errors.py `raising_redacted`) before Prefect stores it as the task's state."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mnist_pipeline.errors import redacted
+from mnist_pipeline.errors import raising_redacted
 
 _timings: ContextVar[dict | None] = ContextVar("mnist_stage_timings", default=None)
 
@@ -47,12 +47,8 @@ def stage(name: str, **task_options):
         def timed(*args, **kwargs):
             started = time.perf_counter()
             try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                clean = redacted(exc)
-                if clean is exc:
-                    raise
-                raise clean from None
+                with raising_redacted():
+                    return fn(*args, **kwargs)
             finally:
                 _record(name, time.perf_counter() - started)
 

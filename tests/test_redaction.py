@@ -145,6 +145,7 @@ sys.path.insert(0, {repo!r})
 from prefect import flow
 from flows import plumbing
 from mnist_pipeline.redaction import install_log_redaction
+from tasks import approval
 from tasks.stage import stage
 
 
@@ -153,11 +154,18 @@ def leaky():
     raise ValueError("cannot reach s3://AKIAKEY:{secret}@bucket/prefix")
 
 
+def unsendable(settings, outcome):
+    raise ConnectionError("cannot reach json://hooks.example/p?-token={secret}")
+
+
 @flow(name="leaky", retries=0)
 def leaky_flow(where: str):
     with plumbing.retried_only_if_transient():
         if where == "task":
             leaky()
+        if where == "approval":  # the child flow run that asks a person: its own state is stored too
+            approval.notify.send = unsendable
+            approval.approval_flow("r", 0.99, 0.97, "passed", "report", None, 60)
         raise OSError(2, "No such file or directory", "https://user:{secret}@mirror.example/x.gz")
 
 
@@ -168,11 +176,12 @@ print("STATE", state.type.value, state.message)
 
 
 @pytest.mark.parametrize("where,shown", [("task", "s3://***@bucket/prefix"),
-                                         ("flow", "https://***@mirror.example/x.gz")])
+                                         ("flow", "https://***@mirror.example/x.gz"),
+                                         ("approval", "json://hooks.example/p?-token=***")])
 def test_an_unforeseen_exception_naming_a_secret_leaves_it_out_of_prefects_database(
         where, shown, tmp_path, prefect_db):
-    """Raised in a stage or in the flow's body, as a library's error would be: Prefect stores the
-    exception's text as the task's and the flow's state message."""
+    """Raised in a stage, in the flow's body or in the approval's child flow, as a library's error
+    would be: Prefect stores the exception's text as the task's and each flow's state message."""
     home = Path(prefect_home(tmp_path / "prefect", prefect_db))
     script = tmp_path / "leaky_flow.py"
     script.write_text(LEAKY_FLOW.format(repo=str(REPO), secret=SECRET))
