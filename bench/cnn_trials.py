@@ -3,7 +3,8 @@ one variation of the recipe per run, seeds 42-44 by default, one JSON line per s
 
     python bench/cnn_trials.py --mirror ../shared/data/mnist --epochs 15 --precision mixed_bfloat16 \
         [--filters 24] [--units 256] [--members 3] [--learning-rate 0.006] [--label NAME] \
-        [--member-kernels 5,3,3] [--member-filters 48] [--ema 0.995] [--train-on-validation] [--tta] [--elastic 1.0]
+        [--member-kernels 5,3,3] [--member-filters 48] [--ema 0.995] [--train-on-validation] [--tta] [--elastic 1.0] \
+        [--clean-epochs 1]
 
 Like `flows/train_flow.py --model cnn --seed S`: the split of seed S, Keras's seed S, the recipe's
 build and fit (mnist_pipeline/model.py), test accuracy as the evaluate stage measures it. Without
@@ -13,7 +14,8 @@ split holds out (no validation curves then); --tta also scores the average of th
 each test image and its four 1-pixel shifts (test-time augmentation); --elastic A replaces the
 recipe's random shifts by the same shifts plus a smooth random displacement field (Simard et al.
 2003) of A pixels' standard deviation, `ElasticShift` below; --member-filters N gives each member's
-conv N filters instead of twice the stem's.
+conv N filters instead of twice the stem's; --clean-epochs K trains the last K epochs on the images
+as they are (the random shifts stop), `use_clean_final_epochs` below.
 """
 
 from __future__ import annotations
@@ -58,10 +60,14 @@ def main() -> int:
     ap.add_argument("--elastic-grid", type=int, default=4, help="control points per side of the field")
     ap.add_argument("--member-filters", type=int, default=None,
                     help="filters of each member's conv (the recipe: twice --filters)")
+    ap.add_argument("--clean-epochs", type=int, default=0, metavar="K",
+                    help="the last K epochs without the random shifts (0: shifts throughout, the recipe)")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     if args.member_kernels:
         args.members = len(args.member_kernels)
+    if args.clean_epochs and (args.elastic or args.augment_shift_px == 0 or args.clean_epochs < 0):
+        ap.error(f"--clean-epochs {args.clean_epochs}: needs the random shifts (not --elastic, not --shift 0)")
     if args.member_filters and args.member_filters % 2:
         ap.error(f"--member-filters {args.member_filters}: give an even number (the member's conv is built as twice a width)")
 
@@ -81,6 +87,8 @@ def main() -> int:
     epochs = args.epochs or defaults["epochs"]
     batch = args.batch_size or defaults["batch_size"]
     peak = args.learning_rate or defaults["learning_rate"]
+    if args.clean_epochs >= epochs:
+        ap.error(f"--clean-epochs {args.clean_epochs}: give fewer than the {epochs} epochs")
     hp = {k: getattr(args, k) for k in ("filters", "units", "members", "dropout", "augment_shift_px",
                                         "member_kernels", "ema_momentum") if getattr(args, k) is not None}
     use_threads_for("cnn")
@@ -92,6 +100,9 @@ def main() -> int:
     if args.member_filters:
         use_member_filters(args.member_filters)
         hp_label["member_filters"] = args.member_filters
+    if args.clean_epochs:
+        use_clean_final_epochs(args.clean_epochs, epochs)
+        hp_label["clean_epochs"] = args.clean_epochs
     keras.mixed_precision.set_global_policy(args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         arrays, _ = validate_mnist(fetch_mnist(LocalStore(tmp), (args.mirror,)))
@@ -190,6 +201,35 @@ def use_elastic_shifts(alpha_px: float, grid: int) -> None:
         return model_module._conv_block(x, filters)
 
     model_module.cnn_stem = elastic_stem
+
+
+def use_clean_final_epochs(clean: int, epochs: int) -> None:
+    """Makes the model module's fit stop the random shifts for the last `clean` epochs (an
+    experiment, as `use_elastic_shifts`): the test digits are centred, as the training ones are
+    before augmentation. Keras looks the train function up at every step, so a callback can set
+    the shift range to zero and trace it again at the start of an epoch."""
+    import keras
+
+    import mnist_pipeline.model as model_module
+
+    class CleanFinish(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch != epochs - clean:
+                return
+            shifts = [layer for layer in self.model.layers if isinstance(layer, keras.layers.RandomTranslation)]
+            for layer in shifts:
+                layer.height_lower = layer.height_upper = layer.width_lower = layer.width_upper = 0.0
+            if not shifts:
+                raise RuntimeError("--clean-epochs: the model has no RandomTranslation layer")
+            self.model.make_train_function(force=True)
+
+    base = model_module._callbacks
+
+    def with_clean_finish(model, on_epoch):
+        callbacks, weights = base(model, on_epoch)
+        return [*callbacks, CleanFinish()], weights
+
+    model_module._callbacks = with_clean_finish
 
 
 def use_member_filters(width: int) -> None:
