@@ -26,7 +26,7 @@ from mnist_pipeline import collector, late_runs, notify, startup
 from mnist_pipeline.ephemeral_server import ephemeral_server
 from mnist_pipeline.errors import ConfigError, PipelineError, is_expected, is_transient, raising_redacted
 from mnist_pipeline.params import command_line, parse_params
-from mnist_pipeline.redaction import install_log_redaction, redact
+from mnist_pipeline.redaction import redact
 from mnist_pipeline.settings import load_settings
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
@@ -82,10 +82,9 @@ def prepare_run() -> None:
     """First thing in a flow's body, wherever it runs (idempotent): the process prepared, one
     line for a foreseen failure, this package's logs in the run's log, and every record
     redacted (Prefect's too: its console, its API's log table, ours)."""
-    startup.prepare_process()
+    startup.prepare_process()  # the redaction of every record first
     quiet_expected_tracebacks()
     route_package_logs()
-    install_log_redaction()
 
 
 # -- retries and final states ---------------------------------------------------------------------

@@ -2,8 +2,9 @@
 import (importing any module of this package changes nothing in the interpreter).
 
 - `prepare_process()`: every entry point, first thing (the CLI, a flow's body wherever it runs,
-  serve.py, a tuning trial on a Dask worker): AST parses safe from many threads, and
-  `prepare_tensorflow()`, TensorFlow's settings that must be in place before its first import.
+  serve.py, a tuning trial on a Dask worker): every log record redacted, AST parses safe from
+  many threads, and `prepare_tensorflow()`, TensorFlow's settings that must be in place before
+  its first import.
 - `fast_start()`: `python flows/X.py` only, first thing: a one-off process that wants its result
   soon (docs/performance.md measures each of these).
 """
@@ -28,11 +29,14 @@ def prepare_tensorflow() -> None:
 
 
 def prepare_process() -> None:
-    """Idempotent. Our threads parse (NumPy reads each .npy header with `ast.literal_eval`;
-    `verify` reads from 16 threads): on the Pythons where two parses at once can fail, they take
-    turns (threadsafe_ast)."""
+    """Idempotent. Every log record is redacted as it is made, in this process whatever it is (a
+    Dask worker logs a failed call with its arguments, the mirrors' URLs among them). Our threads
+    parse (NumPy reads each .npy header with `ast.literal_eval`; `verify` reads from 16 threads):
+    on the Pythons where two parses at once can fail, they take turns (threadsafe_ast)."""
     from mnist_pipeline import threadsafe_ast
+    from mnist_pipeline.redaction import install_log_redaction
 
+    install_log_redaction()
     threadsafe_ast.install()
     prepare_tensorflow()
 

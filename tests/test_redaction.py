@@ -203,6 +203,25 @@ def test_an_unforeseen_exception_naming_a_secret_leaves_it_out_of_prefects_datab
     assert SECRET not in dump  # no table at all: states, logs, events, results
 
 
+def test_a_dask_workers_log_of_a_failed_call_names_no_secret(tmp_path):
+    """A real `dask worker` whose warm-up cannot load the data (its only mirror is down) logs the
+    failed call with its arguments, the mirrors' URLs among them, on its own stderr."""
+    from tasks.trial import DataSource, warm_worker
+    from tests.test_tune import DaskCluster
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    cluster = DaskCluster(env, tmp_path, n_workers=1)
+    try:
+        mirror = f"http://mirror:{SECRET}@127.0.0.1:{free_port()}/mnist/"
+        source = DataSource(str(tmp_path / "empty-store"), (mirror,), 5000, 42)
+        (outcome,) = cluster.client().run(warm_worker, source, "mlp", on_error="return").values()
+    finally:
+        cluster.stop()
+    log = (tmp_path / "worker-0.log").read_text()
+    assert isinstance(outcome, Exception) and "Run Failed" in log, log[-3000:]
+    assert "http://***@127.0.0.1:" in log and SECRET not in log, log[-3000:]
+
+
 def test_an_undelivered_notification_names_its_url_without_apprise_tokens(monkeypatch):
     from mnist_pipeline import notify
     from mnist_pipeline.settings import load_settings
