@@ -19,7 +19,7 @@ from mnist_pipeline.cli import review, manage, use, data  # noqa: I001 (the orde
 from mnist_pipeline.cli import common
 from mnist_pipeline.cli.common import app, err
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.redaction import install_log_redaction, redact
+from mnist_pipeline.redaction import redact
 from mnist_pipeline.startup import prepare_process
 
 __all__ = ["app", "data", "main", "manage", "review", "use"]
@@ -41,7 +41,6 @@ class _WarningLines(logging.Handler):
 
 
 def _setup_logging() -> None:
-    install_log_redaction()
     logger = logging.getLogger("mnist_pipeline")
     handler = next((h for h in logger.handlers if isinstance(h, _WarningLines)), None)
     if handler is None:
