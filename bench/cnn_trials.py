@@ -217,10 +217,10 @@ def use_clean_final_epochs(clean: int, epochs: int) -> None:
             if epoch != epochs - clean:
                 return
             shifts = [layer for layer in self.model.layers if isinstance(layer, keras.layers.RandomTranslation)]
-            for layer in shifts:
-                layer.height_lower = layer.height_upper = layer.width_lower = layer.width_upper = 0.0
             if not shifts:
                 raise RuntimeError("--clean-epochs: the model has no RandomTranslation layer")
+            for layer in shifts:
+                layer.height_lower = layer.height_upper = layer.width_lower = layer.width_upper = 0.0
             self.model.make_train_function(force=True)
 
     base = model_module._callbacks
