@@ -72,10 +72,10 @@ def write_history(store: ArtifactStore, record: dict, key: str | None = None) ->
 
 def _holds_decision(store: ArtifactStore, key: str, record: dict) -> bool:
     try:
-        found = json.loads(store.get(key))
-    except (PipelineError, ValueError):  # not there after all, or not a record
+        found = read_history_record(store, key)
+    except PipelineError:  # not there after all, or not a record
         return False
-    return isinstance(found, dict) and all(found.get(f) == record.get(f) for f in ("run_id", "decision"))
+    return (found.run_id, found.decision) == (record["run_id"], record["decision"])
 
 
 def history_keys(store: ArtifactStore, since: datetime | None = None) -> list[str]:
