@@ -262,6 +262,18 @@ def test_a_failure_after_the_promotion_is_reported_as_what_it_is(store, runs):
     assert again.already and again.history_key == current.history_key and store.exists(current.history_key)
 
 
+def test_a_rollback_whose_record_a_later_promote_writes_is_recorded_as_the_rollback(store, runs):
+    assert promote(store, "a").promoted and promote(store, "b").promoted
+    assert registry.rollback(FailingHistoryWrites(store), min_accuracy=MIN).history_key is None
+    current, _ = registry.read_production(store)
+    again = promote(store, "a", actor="someone-else")  # a's own promotion retried: production is a
+    assert again.already and again.history_key == current.history_key
+    last = registry.read_history(store)[-1]
+    assert (last["key"], last["decision"], last["run_id"], last["production_before"]) == \
+        (current.history_key, "rollback", "a", "b")
+    assert last["actor"] == current.promoted_by != "someone-else" and last["reason"] == "rollback from b"
+
+
 class RecordsMissingTogether:
     """The store, except that the two threads asking whether a history record exists both get
     their answer before either writes it: two retries of one promotion at the same moment."""

@@ -20,7 +20,7 @@ from mnist_pipeline.errors import DamagedRegistry, PipelineError, PreconditionFa
 from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
 from mnist_pipeline.registry.gate import GateDecision, gate
 from mnist_pipeline.registry.history import default_actor, new_history_key, now, write_history
-from mnist_pipeline.registry.schema import ROLLBACK_DEPTH, Production, StackEntry, parse_production
+from mnist_pipeline.registry.schema import ROLLBACK_DEPTH, ROLLBACK_FROM, Production, StackEntry, parse_production
 from mnist_pipeline.registry.verification import (Candidate, check_production_model, collected,
                                                   measure_on_test_set, read_production,
                                                   read_production_raw, sha256, verified_bytes)
@@ -65,13 +65,19 @@ def _record_after_write(store: ArtifactStore, record: dict, key: str, warnings: 
         return None
 
 
-def _ensure_recorded(store: ArtifactStore, current: Production, record: dict) -> str | None:
+def _ensure_recorded(store: ArtifactStore, current: Production, record: dict, actor: str) -> str | None:
     """A retry after production was written: its history record, if the first attempt died
-    before writing it (its key is in production.json, so this costs one request)."""
+    before writing it (its key is in production.json, so this costs one request). When a rollback
+    put this run there, the record says so, from production.json, not "promoted"."""
     key = current.history_key
-    if key and not store.exists(key):
-        return write_history(store, record, key)
-    return None
+    if not key or store.exists(key):
+        return None
+    if current.rolled_back_from:
+        record = {"decision": "rollback", "run_id": current.run_id, "test_accuracy": current.test_accuracy,
+                  "actor": current.promoted_by, "note": "", "source": "cli", "reason": current.reason,
+                  "production_before": current.rolled_back_from, "model_key": current.model_key,
+                  "model_sha256": current.model_sha256, "recorded_by": actor}
+    return write_history(store, record, key)
 
 
 def _read_for_update(store: ArtifactStore, force: bool) -> tuple[Production | None, str | None, bytes | None]:
@@ -114,7 +120,7 @@ def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
         before = current.run_id if current else None
         if current and current.run_id == candidate.run_id:
             key = _ensure_recorded(store, current, dict(base, decision="promoted", reason=current.reason,
-                                                        production_before=current.previous_run_id))
+                                                        production_before=current.previous_run_id), actor)
             if candidate.test_accuracy < min_accuracy:  # the threshold asked for applies here too
                 return PromotionResult(False, f"{candidate.run_id} is already in production, but "
                                        f"{candidate.test_accuracy:.4f} < {min_accuracy:.4f}", None,
@@ -213,7 +219,7 @@ def rollback(store: ArtifactStore, *, min_accuracy: float, actor: str | None = N
     key = new_history_key(target.run_id)
     record = Production(run_id=target.run_id, test_accuracy=accuracy, model_key=target.model_key,
                         model_sha256=target.model_sha256, promoted_at=now().isoformat(), promoted_by=actor,
-                        reason=f"rollback from {current.run_id}", stack=stack,
+                        reason=f"{ROLLBACK_FROM}{current.run_id}", stack=stack,
                         previous_run_id=stack[-1].run_id if stack else None, history_key=key)
     try:
         _write_production(store, record, etag)

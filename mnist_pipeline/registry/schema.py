@@ -27,6 +27,9 @@ class StackEntry(BaseModel):
     test_accuracy: Accuracy
 
 
+ROLLBACK_FROM = "rollback from "  # production.json's reason after a rollback, then the run it left
+
+
 class Production(BaseModel):
     """registry/production.json."""
 
@@ -51,6 +54,11 @@ class Production(BaseModel):
     def entry(self) -> StackEntry:
         return StackEntry(run_id=self.run_id, model_key=self.model_key,
                           model_sha256=self.model_sha256, test_accuracy=self.test_accuracy)
+
+    @property
+    def rolled_back_from(self) -> str | None:
+        """The run a rollback took production away from, when that is how this model got there."""
+        return self.reason.removeprefix(ROLLBACK_FROM) if self.reason.startswith(ROLLBACK_FROM) else None
 
 
 class HistoryRecord(BaseModel):
