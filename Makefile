@@ -18,12 +18,16 @@ run: $(VENV)/.installed
 	$(VENV)/bin/python flows/train_flow.py $(ARGS)
 
 # The default suite covers every promise at least once; tests marked `slow` are longer variants
-# of promises it already covers, and `test-all` adds them.
+# of promises it already covers, and `test-all` adds them. Two processes, a whole file each (its
+# servers start once): one's waits on servers and schedules overlap the other's work.
+# TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" $(PARALLEL) $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 # Seconds: what needs no server and trains nothing, to check a change before the whole suite.
 test-unit: $(VENV)/.installed

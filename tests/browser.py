@@ -13,7 +13,6 @@ from tests.conftest import REPO
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = REPO / "test-artifacts"
-taken: list[Path] = []  # this session's screenshots (conftest.py names their folder at the end)
 
 
 @contextlib.contextmanager
@@ -41,5 +40,4 @@ def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}.png"
     page.screenshot(path=str(path), full_page=True)
-    taken.append(path)
     return path

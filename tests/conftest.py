@@ -25,10 +25,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def pytest_terminal_summary(terminalreporter):
-    """Where the screenshots of the pages the tests opened in Chromium are (tests/browser.py)."""
-    from tests.browser import ARTIFACTS, taken
+def pytest_sessionstart(session):
+    session.config.started_at = time.time()
 
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Where the screenshots of the pages the tests opened in Chromium are (tests/browser.py):
+    read from the folder, since the tests may have run in other processes (pytest-xdist)."""
+    from tests.browser import ARTIFACTS
+
+    taken = [p for p in ARTIFACTS.glob("*.png") if p.stat().st_mtime >= config.started_at]
     if taken:
         terminalreporter.write_line(f"screenshots of the pages opened in Chromium ({len(taken)}): {ARTIFACTS}/")
 
