@@ -102,7 +102,9 @@ def test_a_lost_prefect_server_ends_the_run_within_seconds_in_one_line(run_env):
     assert_production_unchanged(run_env)
 
 
-@pytest.mark.parametrize("signum,status,send", SIGNALS)
+# Ctrl-C during a search in `make test-all`: the training's Ctrl-C test covers the process group.
+@pytest.mark.parametrize("signum,status,send", [SIGNALS[0], pytest.param(*SIGNALS[1].values, id="Ctrl-C",
+                                                                         marks=pytest.mark.slow)])
 def test_a_signal_during_a_search_stops_the_local_clusters_workers_too(run_env, signum, status, send):
     flow = searching(run_env)
     assert len(processes_of(run_env["PREFECT_HOME"])) >= 3  # the server and two Dask workers

@@ -147,7 +147,8 @@ def test_the_per_digit_gate_blocks_a_model_that_passed_overall_naming_the_digits
     assert "below the per-digit gate 0.9900: such a digit blocks the model" in html
 
 
-@pytest.mark.parametrize("server", ["moto_server", "radosgw_server"])
+# moto's half in `make test-all`: the rest of this file runs on moto; radosgw is the real server.
+@pytest.mark.parametrize("server", [pytest.param("moto_server", marks=pytest.mark.slow), "radosgw_server"])
 def test_promote_promote_rollback_verify_on_each_s3_server(server, request, flow_env):
     """The cycle a user goes through, on each real S3 server: two runs promoted in turn, two
     rollbacks at once (exactly one goes through; the other says why not, in one line), a clean
