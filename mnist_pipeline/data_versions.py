@@ -18,6 +18,7 @@ import io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -180,6 +181,38 @@ def load(store: ArtifactStore, manifest: VersionManifest) -> np.ndarray:
         raise DatasetError(f"{key} (data version {manifest.version}) has SHA-256 {actual}, but its manifest "
                            f"records {manifest.images.sha256}: replaced or damaged; {VERIFY_HINT}")
     return decode(data, key, manifest.total)
+
+
+def read_version(store: ArtifactStore, reference: dict) -> VersionManifest:
+    """The version a run's manifest names (`reference`), its images the ones that run used."""
+    number = reference["version"]
+    key = keys.data_version(number)
+    try:
+        manifest = parse_version(key, store.get(key))
+    except NotFoundInStore:
+        raise DatasetError(f"data version {number}, which the run learned from, is missing from {store.url}; "
+                           f"{VERIFY_HINT}") from None
+    if manifest.images.sha256 != reference["sha256"]:
+        raise DatasetError(f"data version {number} has images {manifest.images.sha256[:12]}, but the run learned "
+                           f"from {reference['sha256'][:12]}: replaced; {VERIFY_HINT}")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Versions' holdout images, never trained on: uint8 28x28, labels, and each image's version."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    versions: np.ndarray
+
+
+def holdout_of(loaded: list[tuple[VersionManifest, np.ndarray]]) -> Holdout:
+    """The holdout rows of versions already loaded (`load`), in version order."""
+    held = [(v, rows[rows["holdout"]]) for v, rows in loaded]
+    return Holdout(np.concatenate([r["image"] for _, r in held]),
+                   np.concatenate([r["label"] for _, r in held]),
+                   np.concatenate([np.full(len(r), v.version, np.int32) for v, r in held]))
 
 
 # -- writing a version ----------------------------------------------------------------------------

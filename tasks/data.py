@@ -6,28 +6,17 @@ for production's model: the new-data accuracy (metrics.json "new_data")."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from prefect import get_run_logger
 
 from mnist_pipeline import data_versions, registry, run_inputs
-from mnist_pipeline.data_versions import VersionManifest
+from mnist_pipeline.data_versions import Holdout, VersionManifest
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.params import TrainParams
 from mnist_pipeline.store import ArtifactStore
 from tasks.normalize import to_unit_float32
 from tasks.stage import stage
 from tasks.validate import MnistArrays
-
-
-@dataclass(frozen=True)
-class Holdout:
-    """The chosen versions' holdout images: uint8 28x28, labels, and each image's version."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    versions: np.ndarray
 
 
 def run_inputs_record(params: TrainParams, versions: list[VersionManifest], origin: dict) -> dict:
@@ -74,9 +63,7 @@ def with_ingested(store: ArtifactStore, versions: list[VersionManifest], arrays:
         return arrays, profile, None
     rows = [(v, data_versions.load(store, v)) for v in versions]
     train = np.concatenate([r[~r["holdout"]] for _, r in rows])
-    held = [(v, r[r["holdout"]]) for v, r in rows]
-    holdout = Holdout(np.concatenate([r["image"] for _, r in held]), np.concatenate([r["label"] for _, r in held]),
-                      np.concatenate([np.full(len(r), v.version, np.int32) for v, r in held]))
+    holdout = data_versions.holdout_of(rows)
     x_train = np.concatenate([arrays.x_train, train["image"]])
     y_train = np.concatenate([arrays.y_train, train["label"]])
     mnist = profile["train_samples"]

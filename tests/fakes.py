@@ -65,7 +65,7 @@ def cache_test_set(store: ArtifactStore, mirror: Path) -> None:
 
 def store_run(store: ArtifactStore, run_id: str, zoo_model: ZooModel, *, minutes_ago: float = 0,
               model: str = "mlp", epochs: int = 10, decide: str | None = "blocked",
-              parameters: dict | None = None) -> dict:
+              parameters: dict | None = None, data_versions: list[dict] | None = None) -> dict:
     """A finished run as the flow leaves it (files, manifest with hashes) and, unless decide is
     None, its flow's history record (what indexes it). Returns the manifest."""
     import io
@@ -89,7 +89,8 @@ def store_run(store: ArtifactStore, run_id: str, zoo_model: ZooModel, *, minutes
                 "parameters": parameters or {"model": model, "epochs": epochs, "batch_size": 32, "min_accuracy": None},
                 "min_accuracy": 0.97, "test_accuracy": zoo_model.accuracy,
                 "files": {k: file_record(v) for k, v in files.items()},
-                "gate": {"promoted": decide == "promoted", "reason": "stored by the test"}}
+                "gate": {"promoted": decide == "promoted", "reason": "stored by the test"},
+                **({"data_versions": data_versions} if data_versions else {})}
     store.put(prefix + "manifest.json", json.dumps(manifest).encode())
     if decide:
         key = f"{keys.HISTORY}{started.strftime('%Y%m%dT%H%M%S.%fZ')}-{run_id}.json"

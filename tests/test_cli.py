@@ -188,6 +188,42 @@ def test_the_per_digit_gate_blocks_a_promotion_naming_the_digits_and_their_recal
     assert cli("promote", "run-a", "--min-class-recall", "0").code == 0
 
 
+def test_the_new_data_gate_measures_the_model_on_its_runs_holdout_images(runs, cli, zoo, tmp_path):
+    """--min-new-data-accuracy applies to `promote` as to the flow, on the holdout images of the
+    data versions the run learned from (its manifest), measured from the stored model."""
+    import io
+
+    from mnist_pipeline import data_versions
+    from mnist_pipeline.model import model_from_bytes
+    from tests.digit_images import write_folder
+
+    assert cli("ingest", str(write_folder(tmp_path / "digits", 8)), "--holdout", "0.5").code == 0
+    version = data_versions.list_versions(runs)[0]
+    store_run(runs, "run-e", zoo[0], data_versions=[version.reference()])
+    rows = np.load(io.BytesIO(runs.get(version.images.key)), allow_pickle=False)
+    held = rows[rows["holdout"]]
+    scores = model_from_bytes(zoo[0].data, "zoo.keras").predict(held["image"] / 255.0, verbose=0)
+    accuracy = round(float((scores.argmax(axis=1) == held["label"]).mean()), 6)
+    assert len(held) and 0 < accuracy < 1  # the zoo's best model gets some of the rendered digits wrong
+
+    above = round(accuracy + 0.001, 6)
+    blocked = cli("promote", "run-e", "--min-new-data-accuracy", str(above))
+    assert blocked.code == 3, blocked.output
+    assert error_line(blocked) == f"promotion blocked: new-data accuracy {accuracy:.4f} < {above:.4f}"
+    assert registry.read_production(runs)[0] is None
+    assert cli("promote", "run-e", "--min-new-data-accuracy", str(accuracy)).code == 0
+    last = registry.read_history(runs)[-1]
+    assert (last["decision"], last["new_data_accuracy"], last["min_new_data_accuracy"]) == ("promoted", accuracy, accuracy)
+
+    # a run that learned from MNIST alone has nothing to measure, so nothing blocks it (as in the flow)
+    assert cli("promote", "run-a", "--min-new-data-accuracy", "1").code == 0
+    runs.delete(keys.data_version(version.version))  # the version a run learned from, gone
+    store_run(runs, "run-f", zoo[0], data_versions=[version.reference()])
+    missing = cli("promote", "run-f", "--min-new-data-accuracy", "0")
+    assert missing.code == 1 and error_line(missing).startswith(
+        "error: data version 1, which the run learned from, is missing from "), missing.output
+
+
 # -- damage: each ends with production unchanged, one line, and verify naming it ------------------
 def _edit_json(store, key, **changes):
     store.put(key, json.dumps(dict(json.loads(store.get(key)), **changes)).encode())

@@ -39,17 +39,22 @@ def promote(
     min_class_recall: Optional[float] = typer.Option(
         None, "--min-class-recall", min=0.0, max=1.0,
         help="Per-digit gate. Default: MNIST_MIN_CLASS_RECALL (unset: off)."),
+    min_new_data_accuracy: Optional[float] = typer.Option(
+        None, "--min-new-data-accuracy", min=0.0, max=1.0,
+        help="New-data gate: accuracy on the holdout images of the data versions the run learned from. "
+             "Default: off."),
 ) -> None:
     """Put a finished run's model in production, through the same gate as the flow. Its accuracy
-    (and each digit's recall) is measured again on the test set: no file's word is taken for it."""
+    (each digit's recall, the new-data accuracy) is measured again: no file's word is taken for it."""
     settings, store = settings_and_store()
     run_id = resolve_run(store, run)
     load_keras_quietly()
-    candidate = registry.stored_candidate(store, run_id)
+    candidate = registry.stored_candidate(store, run_id, new_data=min_new_data_accuracy is not None)
     result = registry.promote(
         store, candidate, min_accuracy=settings.min_accuracy if min_accuracy is None else min_accuracy,
         max_regression=max_regression, allow_regression=allow_regression, note=reason, force=force,
-        min_class_recall=settings.min_class_recall if min_class_recall is None else min_class_recall)
+        min_class_recall=settings.min_class_recall if min_class_recall is None else min_class_recall,
+        min_new_data_accuracy=min_new_data_accuracy)
     refresh_dashboard(settings, store)
     _decision_exit(result, "promoted")
 

@@ -113,7 +113,9 @@ def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
     actor = actor or default_actor()
     base = dict(_candidate_record(candidate, actor, note, source, min_accuracy, summary, extra),
                 max_regression=max_regression, allow_regression=allow_regression,
-                **({"min_class_recall": min_class_recall} if min_class_recall is not None else {}))
+                **({"min_class_recall": min_class_recall} if min_class_recall is not None else {}),
+                **({"min_new_data_accuracy": min_new_data_accuracy, "new_data_accuracy": candidate.new_data_accuracy}
+                   if min_new_data_accuracy is not None else {}))
     verified = False
     for _ in range(attempts):
         current, etag, damaged = _read_for_update(store, force)

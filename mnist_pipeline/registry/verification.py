@@ -8,6 +8,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from mnist_pipeline import keys
 from mnist_pipeline.errors import DamagedRegistry, NotFoundInStore, RegistryError
 from mnist_pipeline.registry.schema import VERIFY_HINT, Production, parse_production
@@ -97,7 +99,7 @@ class Candidate:
     run_id: str
     model_sha256: str
     test_accuracy: float  # measured on these bytes, never read from a file
-    new_data_accuracy: float | None = None  # on the ingested holdout images, measured by the flow
+    new_data_accuracy: float | None = None  # on the ingested holdout images its run was judged on
     class_recall: dict[str, float] | None = None  # digit -> recall, measured with the accuracy
 
     @property
@@ -119,9 +121,25 @@ def scores_on_test_set(store: ArtifactStore, data: bytes, key: str) -> tuple[flo
     return measured_scores(model, load_test_images(store), load_test_labels(store))
 
 
-def stored_candidate(store: ArtifactStore, run_id: str) -> Candidate:
-    """A finished run's model, hash-checked against its manifest and measured on the test set.
-    A manifest whose accuracy disagrees with what its model scores is refused as tampered."""
+def new_data_accuracy_of(store: ArtifactStore, manifest: dict, data: bytes, key: str) -> float | None:
+    """The model's accuracy on the holdout images of the data versions its run learned from (its
+    manifest), measured now as the flow measures it; None when they hold none."""
+    from mnist_pipeline import data_versions
+    from mnist_pipeline.model import measured_accuracy, model_from_bytes
+
+    versions = [data_versions.read_version(store, ref) for ref in manifest.get("data_versions") or []]
+    loaded = [(v, data_versions.load(store, v)) for v in versions if v.holdout_images]
+    if not loaded:
+        return None
+    holdout = data_versions.holdout_of(loaded)
+    images = holdout.images.astype(np.float32) / np.float32(255)  # the flow's normalisation, as the test set's
+    return measured_accuracy(model_from_bytes(data, key), images, holdout.labels)
+
+
+def stored_candidate(store: ArtifactStore, run_id: str, *, new_data: bool = False) -> Candidate:
+    """A finished run's model, hash-checked against its manifest and measured on the test set
+    (and, with `new_data`, on its run's ingested holdout images). A manifest whose accuracy
+    disagrees with what its model scores is refused as tampered."""
     manifest, _ = read_manifest(store, run_id)
     gone = collected_files(store, run_id)
     model = keys.model(run_id)
@@ -138,4 +156,5 @@ def stored_candidate(store: ArtifactStore, run_id: str) -> Candidate:
         raise DamagedRegistry(
             f"{keys.manifest(run_id)} records test accuracy {recorded:.4f}, but its model scores "
             f"{measured:.4f} on the 10,000 test images: the manifest was edited; {VERIFY_HINT}")
-    return Candidate(run_id, sha256(data), measured, class_recall=class_recall)
+    new_data_accuracy = new_data_accuracy_of(store, manifest, data, model) if new_data else None
+    return Candidate(run_id, sha256(data), measured, new_data_accuracy=new_data_accuracy, class_recall=class_recall)
