@@ -62,6 +62,9 @@ def main() -> int:
                     help="filters of each member's conv (the recipe: twice --filters)")
     ap.add_argument("--clean-epochs", type=int, default=0, metavar="K",
                     help="the last K epochs without the random shifts (0: shifts throughout, the recipe)")
+    ap.add_argument("--cutout", type=int, default=0, metavar="PIXELS",
+                    help="while training, a square of this side zeroed at a random place (cutout)")
+    ap.add_argument("--cutout-probability", type=float, default=0.5, help="share of the images cut")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     if args.member_kernels:
@@ -100,6 +103,9 @@ def main() -> int:
     if args.member_filters:
         use_member_filters(args.member_filters)
         hp_label["member_filters"] = args.member_filters
+    if args.cutout:
+        use_cutout(args.cutout, args.cutout_probability)
+        hp_label.update(cutout_px=args.cutout, cutout_probability=args.cutout_probability)
     if args.clean_epochs:
         use_clean_final_epochs(args.clean_epochs, epochs)
         hp_label["clean_epochs"] = args.clean_epochs
@@ -230,6 +236,43 @@ def use_clean_final_epochs(clean: int, epochs: int) -> None:
         return [*callbacks, CleanFinish()], weights
 
     model_module._callbacks = with_clean_finish
+
+
+def use_cutout(side: int, probability: float) -> None:
+    """Makes the model module's cnn stem zero a `side` x `side` square, centred anywhere on the
+    image, in a `probability` share of the training images, after the shifts (an experiment, as
+    `use_elastic_shifts`): the digit must be recognised from what remains of its strokes."""
+    import keras
+    from keras import layers
+
+    import mnist_pipeline.model as model_module
+
+    class Cutout(layers.Layer):
+        def __init__(self, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def call(self, x, training=None):
+            import tensorflow as tf
+
+            if not training:
+                return x
+            n = tf.shape(x)[0]
+            centre = keras.random.randint((n, 1, 1, 2), 0, 28, seed=self.seed_generator)
+            cut = keras.random.uniform((n, 1, 1), seed=self.seed_generator) < probability
+            rows, cols = tf.meshgrid(tf.range(28), tf.range(28), indexing="ij")
+            dy, dx = rows[None] - centre[..., 0] + side // 2, cols[None] - centre[..., 1] + side // 2
+            inside = (dy >= 0) & (dy < side) & (dx >= 0) & (dx < side)
+            return x * tf.cast(~(inside & cut), x.dtype)[..., None]
+
+    def stem_with_cutout(x, filters: int, shift_px: int):
+        x = layers.Reshape((28, 28, 1))(x)
+        if shift_px:
+            x = layers.RandomTranslation(shift_px / 28, shift_px / 28, fill_mode="constant")(x)
+        x = Cutout()(x)
+        return model_module._conv_block(x, filters)
+
+    model_module.cnn_stem = stem_with_cutout
 
 
 def use_member_filters(width: int) -> None:
