@@ -22,7 +22,7 @@ run: $(VENV)/.installed
 # servers start once): one's waits on servers and schedules overlap the other's work.
 # TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
-PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+PARALLEL = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder  # in conftest.py's order: longest first
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -m "not slow" $(PARALLEL) $(PYTEST_ARGS)
 

@@ -26,7 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 # The longest files (serial seconds on a 2-core machine, 2026-12-07), first: `make test` hands whole
-# files to two processes in collection order, and a long file handed out last runs on alone.
+# files to two processes in collection order (xdist's own order, most tests first, is turned off in
+# the Makefile), and a long file handed out last runs on alone.
 LONGEST_FIRST = ("test_deployment.py", "test_train_flow.py", "test_approval.py", "test_reliability.py",
                  "test_workpool.py", "test_stopped_runs.py", "test_data_deployment.py", "test_cli.py")
 
