@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError
 
 from mnist_pipeline import notify
 from mnist_pipeline.errors import raising_redacted
-from mnist_pipeline.registry import Check, GateDecision
+from mnist_pipeline.registry import BLOCKED, Check, GateDecision
 from mnist_pipeline.settings import load_settings
 
 APPROVAL_FLOW = "mnist-approval"
@@ -61,7 +61,7 @@ class Verdict:
         return {"approval": {"approved": self.approved, "by": self.by, "note": self.note, "at": self.at}}
 
     def check(self) -> Check:
-        return Check("approval", self.reason.removeprefix("promotion blocked: "), self.approved)
+        return Check("approval", self.reason.removeprefix(BLOCKED), self.approved)
 
 
 def duration(seconds: int) -> str:
@@ -82,7 +82,7 @@ def verdict_of(form: ApprovalForm) -> Verdict:
     said = f": {form.note}" if form.note else ""
     if form.decision == "approve":
         return Verdict(True, f"approved by {form.approver}{said}", form.approver, form.note, at)
-    return Verdict(False, f"promotion blocked: rejected by {form.approver}{said}", form.approver, form.note, at)
+    return Verdict(False, f"{BLOCKED}rejected by {form.approver}{said}", form.approver, form.note, at)
 
 
 def awaiting(decision: GateDecision, timeout_s: int) -> GateDecision:
@@ -150,10 +150,10 @@ def approval_flow(run_id: str, test_accuracy: float, min_accuracy: float, reason
             name = "Approved" if verdict.approved else "Rejected"
         except FlowPauseTimeout:
             _take_back(me)
-            verdict = Verdict(False, f"promotion blocked: no approval within {duration(timeout_s)}", at=now())
+            verdict = Verdict(False, f"{BLOCKED}no approval within {duration(timeout_s)}", at=now())
             name = "Expired"
         except ValidationError:  # resumed without the form filled in
-            verdict = Verdict(False, "promotion blocked: resumed without an answer (approve or reject)", at=now())
+            verdict = Verdict(False, f"{BLOCKED}resumed without an answer (approve or reject)", at=now())
             name = "Rejected"
         log.info("approval: %s", verdict.reason)
         return Completed(name=name, message=verdict.reason, data=dataclasses.asdict(verdict))

@@ -11,7 +11,7 @@ metrics.json (or a manifest) promotes nothing.
 - promotion: the promote and rollback transactions
 """
 
-from mnist_pipeline.registry.gate import Check, GateDecision, gate
+from mnist_pipeline.registry.gate import BLOCKED, Check, GateDecision, gate
 from mnist_pipeline.registry.history import (default_actor, history_key_run_id, history_key_time, history_keys,
                                              history_keys_newest_first, newest_history_keys, read_history,
                                              read_history_record, write_history)
@@ -22,7 +22,7 @@ from mnist_pipeline.registry.verification import (Candidate, check_production_mo
                                                   measure_on_test_set, read_manifest, read_production,
                                                   read_production_raw, sha256, stored_candidate, verified_bytes)
 
-__all__ = ["Candidate", "Check", "GateDecision", "HistoryRecord", "Production", "PromotionResult", "ROLLBACK_DEPTH",
+__all__ = ["BLOCKED", "Candidate", "Check", "GateDecision", "HistoryRecord", "Production", "PromotionResult", "ROLLBACK_DEPTH",
            "StackEntry", "VERIFY_HINT", "check_production_model", "collected", "collected_files", "decline",
            "default_actor",
            "gate", "history_key_run_id", "history_key_time", "history_keys", "history_keys_newest_first",

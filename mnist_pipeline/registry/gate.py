@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
 from mnist_pipeline.registry.schema import Production
 
+BLOCKED = "promotion blocked: "  # how every blocked decision's reason starts
+
 
 @dataclass(frozen=True)
 class Check:
@@ -65,7 +67,7 @@ def gate(accuracy: float, min_accuracy: float, production: Production | None,
     above = accuracy >= min_accuracy
     checks = [Check("threshold", f"{accuracy:.4f} {'≥' if above else '<'} {min_accuracy:.4f}", above)]
     explained = f"test accuracy {accuracy:.4f} {'≥' if above else '<'} threshold {min_accuracy:.4f}"
-    reason = f"{accuracy:.4f} >= {min_accuracy:.4f}" if above else f"promotion blocked: {accuracy:.4f} < {min_accuracy:.4f}"
+    reason = f"{accuracy:.4f} >= {min_accuracy:.4f}" if above else f"{BLOCKED}{accuracy:.4f} < {min_accuracy:.4f}"
     champion_ok = True
     if prod_acc is not None:
         shortfall = prod_acc - accuracy
@@ -86,7 +88,7 @@ def gate(accuracy: float, min_accuracy: float, production: Production | None,
         elif above:
             explained = (f"test accuracy {accuracy:.4f} is {shortfall:.4f} below production {prod_acc:.4f}, "
                          f"more than the allowed {max_regression:.4f}")
-            reason = (f"promotion blocked: {accuracy:.4f} is below production {prod_id} ({prod_acc:.4f}) "
+            reason = (f"{BLOCKED}{accuracy:.4f} is below production {prod_id} ({prod_acc:.4f}) "
                       f"by more than {max_regression:g}")
     promote = above and champion_ok
     if min_new_data_accuracy is not None:
@@ -94,7 +96,7 @@ def gate(accuracy: float, min_accuracy: float, production: Production | None,
         checks.append(check)
         if not check.ok:
             said = f"new-data accuracy {new_data_accuracy:.4f} < {min_new_data_accuracy:.4f}"
-            reason = f"{reason}; {said}" if not promote else f"promotion blocked: {said}"
+            reason = f"{reason}; {said}" if not promote else f"{BLOCKED}{said}"
             explained = f"{explained}; and {said}" if not promote else said
             promote = False
     if min_class_recall is not None:
@@ -104,7 +106,7 @@ def gate(accuracy: float, min_accuracy: float, production: Production | None,
         checks.append(check)
         if not check.ok:
             said = f"per-digit gate: {check.text}"
-            reason = f"{reason}; {said}" if not promote else f"promotion blocked: {said}"
+            reason = f"{reason}; {said}" if not promote else f"{BLOCKED}{said}"
             explained = f"{explained}; {said}" if not promote else said
             promote = False
     return GateDecision(promote, reason, min_accuracy, prod_id, prod_acc, tuple(checks), explained,

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from mnist_pipeline import keys
 from mnist_pipeline.errors import DamagedRegistry, PipelineError, PreconditionFailed, RegistryError
 from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
-from mnist_pipeline.registry.gate import GateDecision, gate
+from mnist_pipeline.registry.gate import BLOCKED, GateDecision, gate
 from mnist_pipeline.registry.history import default_actor, new_history_key, now, write_history
 from mnist_pipeline.registry.schema import ROLLBACK_DEPTH, ROLLBACK_FROM, Production, StackEntry, parse_production
 from mnist_pipeline.registry.verification import (Candidate, check_production_model, collected,
@@ -72,11 +72,12 @@ def _ensure_recorded(store: ArtifactStore, current: Production, record: dict, ac
     key = current.history_key
     if not key or store.exists(key):
         return None
-    if current.rolled_back_from:
+    if current.rolled_back_from is not None:
+        left = current.rolled_back_from
         record = {"decision": "rollback", "run_id": current.run_id, "test_accuracy": current.test_accuracy,
                   "actor": current.promoted_by, "note": "", "source": "cli", "reason": current.reason,
-                  "production_before": current.rolled_back_from, "model_key": current.model_key,
-                  "model_sha256": current.model_sha256, "recorded_by": actor}
+                  "production_before": left if keys.RUN_ID.fullmatch(left) else None,
+                  "model_key": current.model_key, "model_sha256": current.model_sha256, "recorded_by": actor}
     return write_history(store, record, key)
 
 
@@ -123,10 +124,11 @@ def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
         if current and current.run_id == candidate.run_id:
             key = _ensure_recorded(store, current, dict(base, decision="promoted", reason=current.reason,
                                                         production_before=current.previous_run_id), actor)
-            if candidate.test_accuracy < min_accuracy:  # the threshold asked for applies here too
+            rules = gate(candidate.test_accuracy, min_accuracy, None, max_regression, allow_regression,
+                         candidate.new_data_accuracy, min_new_data_accuracy, candidate.class_recall, min_class_recall)
+            if not rules.promote:  # the rules asked for apply here too (the champion rule cannot)
                 return PromotionResult(False, f"{candidate.run_id} is already in production, but "
-                                       f"{candidate.test_accuracy:.4f} < {min_accuracy:.4f}", None,
-                                       current.model_dump(), key)
+                                       f"{rules.reason.removeprefix(BLOCKED)}", None, current.model_dump(), key)
             return PromotionResult(True, "already in production", None, current.model_dump(), key, already=True)
         champion = current
         if current and force:
@@ -164,7 +166,7 @@ def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
         written = _record_after_write(store, dict(base, decision="promoted", reason=decision.reason,
                                                   production_before=before, **extra), key, warnings)
         return PromotionResult(True, decision.reason, decision, record.model_dump(), written, warnings=warnings)
-    reason = f"promotion blocked: production kept changing ({attempts} conditional writes refused)"
+    reason = f"{BLOCKED}production kept changing ({attempts} conditional writes refused)"
     key = write_history(store, dict(base, decision="blocked", reason=reason))
     return PromotionResult(False, reason, None, None, key)
 
