@@ -214,6 +214,9 @@ def test_the_new_data_gate_measures_the_model_on_its_runs_holdout_images(runs, c
     assert cli("promote", "run-e", "--min-new-data-accuracy", str(accuracy)).code == 0
     last = registry.read_history(runs)[-1]
     assert (last["decision"], last["new_data_accuracy"], last["min_new_data_accuracy"]) == ("promoted", accuracy, accuracy)
+    again = cli("promote", "run-e", "--min-new-data-accuracy", str(above))  # in production: the rule still applies
+    assert again.code == 3 and error_line(again) == \
+        f"run-e is already in production, but new-data accuracy {accuracy:.4f} < {above:.4f}", again.output
 
     # a run that learned from MNIST alone has nothing to measure, so nothing blocks it (as in the flow)
     assert cli("promote", "run-a", "--min-new-data-accuracy", "1").code == 0
@@ -222,6 +225,10 @@ def test_the_new_data_gate_measures_the_model_on_its_runs_holdout_images(runs, c
     missing = cli("promote", "run-f", "--min-new-data-accuracy", "0")
     assert missing.code == 1 and error_line(missing).startswith(
         "error: data version 1, which the run learned from, is missing from "), missing.output
+    store_run(runs, "run-g", zoo[0], data_versions=[{"version": 1}])
+    damaged = cli("promote", "run-g", "--min-new-data-accuracy", "0")
+    assert damaged.code == 1 and error_line(damaged).startswith(
+        "error: runs/run-g/manifest.json is damaged: a data_versions entry without"), damaged.output
 
 
 # -- damage: each ends with production unchanged, one line, and verify naming it ------------------

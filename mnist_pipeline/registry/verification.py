@@ -114,26 +114,35 @@ def measure_on_test_set(store: ArtifactStore, data: bytes, key: str) -> float:
 
 def scores_on_test_set(store: ArtifactStore, data: bytes, key: str) -> tuple[float, dict[str, float]]:
     """measure_on_test_set's accuracy, and each digit's recall from the same predictions."""
-    from mnist_pipeline.dataset import load_test_images, load_test_labels
-    from mnist_pipeline.model import measured_scores, model_from_bytes
+    from mnist_pipeline.model import model_from_bytes
 
-    model = model_from_bytes(data, key)
+    return model_scores_on_test_set(store, model_from_bytes(data, key))
+
+
+def model_scores_on_test_set(store: ArtifactStore, model) -> tuple[float, dict[str, float]]:
+    from mnist_pipeline.dataset import load_test_images, load_test_labels
+    from mnist_pipeline.model import measured_scores
+
     return measured_scores(model, load_test_images(store), load_test_labels(store))
 
 
-def new_data_accuracy_of(store: ArtifactStore, manifest: dict, data: bytes, key: str) -> float | None:
+def new_data_accuracy_of(store: ArtifactStore, run_id: str, manifest: dict, model) -> float | None:
     """The model's accuracy on the holdout images of the data versions its run learned from (its
     manifest), measured now as the flow measures it; None when they hold none."""
     from mnist_pipeline import data_versions
-    from mnist_pipeline.model import measured_accuracy, model_from_bytes
+    from mnist_pipeline.model import measured_accuracy
 
-    versions = [data_versions.read_version(store, ref) for ref in manifest.get("data_versions") or []]
-    loaded = [(v, data_versions.load(store, v)) for v in versions if v.holdout_images]
-    if not loaded:
+    try:
+        held = [ref for ref in manifest.get("data_versions") or [] if int(ref["holdout"])]
+    except (KeyError, TypeError, ValueError):
+        raise DamagedRegistry(f"{keys.manifest(run_id)} is damaged: a data_versions entry without its version, "
+                              f"sha256 and holdout count; {VERIFY_HINT}") from None
+    versions = [data_versions.read_version(store, ref) for ref in held]
+    if not versions:
         return None
-    holdout = data_versions.holdout_of(loaded)
+    holdout = data_versions.holdout_of([(v, data_versions.load(store, v)) for v in versions])
     images = holdout.images.astype(np.float32) / np.float32(255)  # the flow's normalisation, as the test set's
-    return measured_accuracy(model_from_bytes(data, key), images, holdout.labels)
+    return measured_accuracy(model, images, holdout.labels)
 
 
 def stored_candidate(store: ArtifactStore, run_id: str, *, new_data: bool = False) -> Candidate:
@@ -149,12 +158,15 @@ def stored_candidate(store: ArtifactStore, run_id: str, *, new_data: bool = Fals
     if missing:
         raise RegistryError(f"run {run_id} is incomplete: {missing[0]} is missing"
                             f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {VERIFY_HINT}")
+    from mnist_pipeline.model import model_from_bytes
+
     data = verified_bytes(store, model, manifest["files"][model]["sha256"], f"model of run {run_id}")
-    measured, class_recall = scores_on_test_set(store, data, model)
+    loaded = model_from_bytes(data, model)  # loaded once, for the test set and the new data
+    measured, class_recall = model_scores_on_test_set(store, loaded)
     recorded = float(manifest["test_accuracy"])
     if abs(measured - recorded) > ACCURACY_TOLERANCE:
         raise DamagedRegistry(
             f"{keys.manifest(run_id)} records test accuracy {recorded:.4f}, but its model scores "
             f"{measured:.4f} on the 10,000 test images: the manifest was edited; {VERIFY_HINT}")
-    new_data_accuracy = new_data_accuracy_of(store, manifest, data, model) if new_data else None
+    new_data_accuracy = new_data_accuracy_of(store, run_id, manifest, loaded) if new_data else None
     return Candidate(run_id, sha256(data), measured, new_data_accuracy=new_data_accuracy, class_recall=class_recall)
