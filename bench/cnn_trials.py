@@ -71,6 +71,9 @@ def main() -> int:
         args.members = len(args.member_kernels)
     if args.clean_epochs and (args.elastic or args.augment_shift_px == 0 or args.clean_epochs < 0):
         ap.error(f"--clean-epochs {args.clean_epochs}: needs the random shifts (not --elastic, not --shift 0)")
+    if args.cutout and (args.elastic or not 1 <= args.cutout <= 28 or not 0 < args.cutout_probability <= 1):
+        ap.error(f"--cutout {args.cutout}: a side of 1-28 pixels, a probability in (0, 1], without --elastic "
+                 "(both replace the cnn's stem)")
     if args.member_filters and args.member_filters % 2:
         ap.error(f"--member-filters {args.member_filters}: give an even number (the member's conv is built as twice a width)")
 

@@ -251,8 +251,10 @@ def test_retention_ran_after_each_run_and_no_secret_is_in_the_serving_log(served
     env, log_path = served
     runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
     decided = [r for r in runs if r.state and r.state.name in ("Promoted", "Blocked")]  # each ends in retention
+    line = "retention: kept the newest 1 runs, production and its rollback stack"
+    assert decided  # the serving process copies a run's output into its log as it comes: wait for the last
+    wait_for(lambda: log_path.read_text().count(line) >= len(decided), 30, "a retention line for each decided run")
     log = log_path.read_text()
-    assert decided and log.count("retention: kept the newest 1 runs, production and its rollback stack") >= len(decided)
     assert env["AWS_SECRET_ACCESS_KEY"] not in log and AUTH not in log
 
 
