@@ -52,9 +52,11 @@ def fast_start() -> None:
 
     collector.pause_while_importing()
     prepare_process()
-    ephemeral_server.launch_early()
+    # Before the server: a signal between its launch and these lines was Python's own (exit -2 by
+    # KeyboardInterrupt), a window a busy machine kept open past 0.2 s. The server ends with us.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stopped_while_importing)
+    ephemeral_server.launch_early()
 
 
 def _stopped_while_importing(signum, frame):
