@@ -34,8 +34,7 @@ LONGEST_FIRST = ("test_deployment.py", "test_train_flow.py", "test_approval.py",
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    order = {id(item): i for i, item in enumerate(items)}  # within a file, the order stays
-    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's order stays
 
 
 def pytest_sessionstart(session):
