@@ -125,7 +125,12 @@ def load_test_labels(store) -> np.ndarray:
     return parse_idx("t10k-labels-idx1-ubyte", cached_file(store, "t10k-labels-idx1-ubyte"), LABELS_MAGIC)
 
 
+def unit_float32(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1], each the float32 nearest k/255, as the flow's
+    normalisation gives them (tasks/normalize.py)."""
+    return images.astype(np.float32) / np.float32(255)
+
+
 def load_test_images(store) -> np.ndarray:
     """The 10,000 test images as float32 in [0, 1] (the flow's normalisation: x / 255)."""
-    raw = parse_idx("t10k-images-idx3-ubyte", cached_file(store, "t10k-images-idx3-ubyte"), IMAGES_MAGIC)
-    return raw.astype(np.float32) / np.float32(255)
+    return unit_float32(parse_idx("t10k-images-idx3-ubyte", cached_file(store, "t10k-images-idx3-ubyte"), IMAGES_MAGIC))

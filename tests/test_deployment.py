@@ -117,26 +117,27 @@ def server_errors(log: str) -> list[str]:
     return [r for r in records if "Traceback" in r and "database is locked" not in r]
 
 
+def runs_of(client, deployment) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+
+
 def test_the_schedule_fires_and_the_run_it_created_completes(deployment, client, served, server, request):
     """Not "the cron is registered": a run the scheduler created (auto-scheduled), executed to
     completion by the serving process, its report in S3. Then the schedule is paused."""
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
-
     env, log_path = served
     assert [s.schedule.cron for s in deployment.schedules] == ["* * * * *"]
 
-    def deployment_runs():
-        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-                                     flow_run_filter=FlowRunFilter())
-
     def first_scheduled_run():  # the scheduler creates a few ahead: the earliest is the next to fire
-        created = sorted((r for r in deployment_runs() if r.auto_scheduled), key=lambda r: r.expected_start_time)
+        created = sorted((r for r in runs_of(client, deployment) if r.auto_scheduled),
+                         key=lambda r: r.expected_start_time)
         return created[0] if created else None
 
     run = wait_for(first_scheduled_run, 90, "a run created by the scheduler", interval=2)
     state = finished(client, run.id, 240, log_path)
     client.pause_deployment(deployment.id)  # no more runs each minute for the other tests
-    for later in deployment_runs():
+    for later in runs_of(client, deployment):
         if later.state and later.state.is_scheduled():
             client.delete_flow_run(later.id)
     assert state.is_completed() and state.name == "Promoted", f"{state.name}: {state.message}"
@@ -246,11 +247,9 @@ def test_bad_parameters_are_refused_before_any_run(deployment, client):
 
 
 def test_retention_ran_after_each_run_and_no_secret_is_in_the_serving_log(served, deployment, client):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
     env, log_path = served
-    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
-    decided = [r for r in runs if r.state and r.state.name in ("Promoted", "Blocked")]  # each ends in retention
+    decided = [r for r in runs_of(client, deployment)
+               if r.state and r.state.name in ("Promoted", "Blocked")]  # each ends in retention
     line = "retention: kept the newest 1 runs, production and its rollback stack"
     assert decided  # the serving process copies a run's output into its log as it comes: wait for the last
     wait_for(lambda: log_path.read_text().count(line) >= len(decided), 30, "a retention line for each decided run")

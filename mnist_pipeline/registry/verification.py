@@ -8,8 +8,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-import numpy as np
-
 from mnist_pipeline import keys
 from mnist_pipeline.errors import DamagedRegistry, NotFoundInStore, RegistryError
 from mnist_pipeline.registry.schema import VERIFY_HINT, Production, parse_production
@@ -109,17 +107,13 @@ class Candidate:
 
 def measure_on_test_set(store: ArtifactStore, data: bytes, key: str) -> float:
     """Load in safe mode and score on the 10,000 verified test images from the store's cache."""
-    return scores_on_test_set(store, data, key)[0]
-
-
-def scores_on_test_set(store: ArtifactStore, data: bytes, key: str) -> tuple[float, dict[str, float]]:
-    """measure_on_test_set's accuracy, and each digit's recall from the same predictions."""
     from mnist_pipeline.model import model_from_bytes
 
-    return model_scores_on_test_set(store, model_from_bytes(data, key))
+    return model_scores_on_test_set(store, model_from_bytes(data, key))[0]
 
 
 def model_scores_on_test_set(store: ArtifactStore, model) -> tuple[float, dict[str, float]]:
+    """A loaded model's test accuracy, and each digit's recall from the same predictions."""
     from mnist_pipeline.dataset import load_test_images, load_test_labels
     from mnist_pipeline.model import measured_scores
 
@@ -130,6 +124,7 @@ def new_data_accuracy_of(store: ArtifactStore, run_id: str, manifest: dict, mode
     """The model's accuracy on the holdout images of the data versions its run learned from (its
     manifest), measured now as the flow measures it; None when they hold none."""
     from mnist_pipeline import data_versions
+    from mnist_pipeline.dataset import unit_float32
     from mnist_pipeline.model import measured_accuracy
 
     try:
@@ -141,8 +136,7 @@ def new_data_accuracy_of(store: ArtifactStore, run_id: str, manifest: dict, mode
     if not versions:
         return None
     holdout = data_versions.holdout_of([(v, data_versions.load(store, v)) for v in versions])
-    images = holdout.images.astype(np.float32) / np.float32(255)  # the flow's normalisation, as the test set's
-    return measured_accuracy(model, images, holdout.labels)
+    return measured_accuracy(model, unit_float32(holdout.images), holdout.labels)
 
 
 def stored_candidate(store: ArtifactStore, run_id: str, *, new_data: bool = False) -> Candidate:
