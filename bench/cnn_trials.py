@@ -322,8 +322,10 @@ def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int = 1000) ->
 
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     rounds = [norms[:1], [n for n in norms[1:] if len(n.input.shape) == 4], [n for n in norms[1:] if len(n.input.shape) == 2]]
-    if sum(map(len, rounds)) != len(norms):
-        raise RuntimeError("--recalibrate: batch norm layers of an unexpected shape")
+    # the cnn's shape: one stem norm (on images), then per member one after its conv and one after its dense layer
+    if (sum(map(len, rounds)) != len(norms) or len(norms[0].input.shape) != 4
+            or len(rounds[1]) != len(rounds[2]) or not rounds[1]):
+        raise RuntimeError("--recalibrate: the model's batch norm layers are not the cnn's (stem, then two per member)")
     for layers_now in rounds:
         if not layers_now:
             continue
