@@ -315,7 +315,7 @@ def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int = 1000) ->
     steps, while the moving statistics followed the raw weights step by step (docs/cnn.md, EMA
     0.999). Layers are done in rounds, upstream first: a layer's input depends on the statistics
     of the batch norm layers before it. Rounds here: the stem's, the members' convs', their dense
-    layers' (the cnn's structure; a first-round layer is one no other batch norm feeds)."""
+    layers' (the cnn's structure, checked first)."""
     import keras
 
     from mnist_pipeline.tensors import as_tensor
@@ -327,8 +327,6 @@ def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int = 1000) ->
             or len(rounds[1]) != len(rounds[2]) or not rounds[1]):
         raise RuntimeError("--recalibrate: the model's batch norm layers are not the cnn's (stem, then two per member)")
     for layers_now in rounds:
-        if not layers_now:
-            continue
         probe = keras.Model(model.input, [n.input for n in layers_now])
         sums = [0.0] * len(layers_now)
         squares = [0.0] * len(layers_now)
