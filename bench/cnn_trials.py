@@ -4,7 +4,7 @@ one variation of the recipe per run, seeds 42-44 by default, one JSON line per s
     python bench/cnn_trials.py --mirror ../shared/data/mnist --epochs 15 --precision mixed_bfloat16 \
         [--filters 24] [--units 256] [--members 3] [--learning-rate 0.006] [--label NAME] \
         [--member-kernels 5,3,3] [--member-filters 48] [--ema 0.995] [--train-on-validation] [--tta] [--elastic 1.0] \
-        [--clean-epochs 1] [--recalibrate]
+        [--clean-epochs 1] [--recalibrate] [--bagging]
 
 Like `flows/train_flow.py --model cnn --seed S`: the split of seed S, Keras's seed S, the recipe's
 build and fit (mnist_pipeline/model.py), test accuracy as the evaluate stage measures it. Without
@@ -17,7 +17,8 @@ recipe's random shifts by the same shifts plus a smooth random displacement fiel
 conv N filters instead of twice the stem's; --clean-epochs K trains the last K epochs on the images
 as they are (the random shifts stop), `use_clean_final_epochs` below; --recalibrate also scores
 the same trained model once batch norm's statistics are recomputed for its final weights,
-`recalibrate_batch_norm` below.
+`recalibrate_batch_norm` below; --bagging weighs each training image in each member's loss by its
+own Poisson(1) draw (a bootstrap sample per member, Breiman 1996), `use_bagging` below.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main() -> int:
     ap.add_argument("--cutout-probability", type=float, default=0.5, help="share of the images cut")
     ap.add_argument("--recalibrate", action="store_true",
                     help="also score the model with batch norm's statistics recomputed on the training images")
+    ap.add_argument("--bagging", action="store_true",
+                    help="each member's loss weighs each training image by its own Poisson(1) draw")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     if args.member_kernels:
@@ -78,6 +81,8 @@ def main() -> int:
     if args.cutout and (args.elastic or not 1 <= args.cutout <= 28 or not 0 < args.cutout_probability <= 1):
         ap.error(f"--cutout {args.cutout}: a side of 1-28 pixels, a probability in (0, 1], without --elastic "
                  "(both replace the cnn's stem)")
+    if args.bagging and (args.members or 2) < 2:
+        ap.error("--bagging: needs two members or more (each gets its own bootstrap sample)")
     if args.member_filters and args.member_filters % 2:
         ap.error(f"--member-filters {args.member_filters}: give an even number (the member's conv is built as twice a width)")
 
@@ -113,6 +118,8 @@ def main() -> int:
     if args.cutout:
         use_cutout(args.cutout, args.cutout_probability)
         hp_label.update(cutout_px=args.cutout, cutout_probability=args.cutout_probability)
+    if args.bagging:
+        hp_label["bagging"] = "poisson"
     if args.clean_epochs:
         use_clean_final_epochs(args.clean_epochs, epochs)
         hp_label["clean_epochs"] = args.clean_epochs
@@ -129,6 +136,8 @@ def main() -> int:
         keras.utils.set_random_seed(seed)
         steps = epochs * math.ceil(len(x_train) / batch)
         model = build_model("cnn", steps, {"learning_rate": peak, **hp})
+        if args.bagging:
+            use_bagging(model, len(x_train), seed)
         t0 = time.perf_counter()
         fitted = fit(model, x_train, y_train, epochs=epochs, batch_size=batch, validation=validation)
         seconds = time.perf_counter() - t0
@@ -306,6 +315,23 @@ def use_member_filters(width: int) -> None:
         return member(x, width // 2, units, dropout, name, kernel)
 
     model_module.cnn_member = wider_member
+
+
+def use_bagging(model, images: int, seed: int) -> None:
+    """Makes this model's fit weigh each training image in each member's loss by a Poisson(1)
+    draw of that member's own (an experiment: the members share the stem, the batches and the
+    shifts, so their errors are alike; a bootstrap sample each is the classic way to make them
+    differ). Fixed for the whole fit; the average's loss, which weighs nothing, keeps weight 1."""
+    members = [name for name in model.output if name.startswith("member_")]
+    draws = np.random.default_rng(seed).poisson(1.0, size=(len(members), images)).astype(np.float32)
+    weights = {name: draws[i] for i, name in enumerate(members)}
+    weights["ensemble"] = np.ones(images, np.float32)
+    fit = model.fit
+
+    def weighted_fit(*args, **kwargs):
+        return fit(*args, sample_weight=weights, **kwargs)
+
+    model.fit = weighted_fit
 
 
 def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int = 1000) -> None:
