@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -49,6 +50,19 @@ def pytest_terminal_summary(terminalreporter, config):
     taken = [p for p in ARTIFACTS.glob("*.png") if p.stat().st_mtime >= config.started_at]
     if taken:
         terminalreporter.write_line(f"screenshots of the pages opened in Chromium ({len(taken)}): {ARTIFACTS}/")
+
+
+@pytest.fixture(autouse=True)
+def package_log_handlers():
+    """Each test starts with the package logger as it found it. A flow run in a test's own process
+    (plumbing.prepare_run) hands that logger the handlers of Prefect's "prefect.extra", pytest's
+    capture handler among them, which pytest reuses for every later test: a later test's caplog
+    then caught each of the package's records twice (seen when test_plumbing ran before test_store)."""
+    logger = logging.getLogger("mnist_pipeline")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level
 
 
 @pytest.fixture(scope="session")
