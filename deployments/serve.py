@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cron", default=os.environ.get("MNIST_CRON", DEFAULT_CRON),
                    help=f"cron schedule (default: $MNIST_CRON, else '{DEFAULT_CRON}')")
-    p.add_argument("--timezone", default=os.environ.get("MNIST_TIMEZONE", "UTC"))
-    p.add_argument("--name", default=DEPLOYMENT_NAME)
+    p.add_argument("--timezone", default=os.environ.get("MNIST_TIMEZONE", "UTC"),
+                   help="the cron's time zone, e.g. Europe/Berlin (default: $MNIST_TIMEZONE, else UTC)")
+    p.add_argument("--name", default=DEPLOYMENT_NAME,
+                   help=f"the deployment's name: runs are mnist-training/NAME (default: {DEPLOYMENT_NAME})")
     p.add_argument("--parameters", default=os.environ.get("MNIST_DEPLOYMENT_PARAMETERS", "{}"),
                    help='the deployment\'s default run parameters as JSON, e.g. \'{"model": "cnn"}\' '
                         "(default: $MNIST_DEPLOYMENT_PARAMETERS, else the flow's own defaults)")
@@ -48,9 +50,10 @@ def deployment_parameters(text: str) -> dict:
     try:
         given = json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"--parameters is not JSON: {exc}") from None
+        raise ConfigError(f"--parameters / MNIST_DEPLOYMENT_PARAMETERS is not JSON: {exc}") from None
     if not isinstance(given, dict):
-        raise ConfigError("--parameters must be a JSON object of run parameters")
+        raise ConfigError("--parameters / MNIST_DEPLOYMENT_PARAMETERS must be a JSON object of run parameters, "
+                          "e.g. '{\"model\": \"cnn\"}'")
     parse_params(**given)
     return {"skip_unchanged": True, **given}  # a night with nothing new costs seconds
 
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         ZoneInfo(args.timezone)
         schedule = Cron(args.cron, timezone=args.timezone)
     except (ValueError, TypeError, ZoneInfoNotFoundError) as exc:
-        print(f"error: cron {args.cron!r} / timezone {args.timezone!r} is invalid: {exc}", file=sys.stderr)
+        print(f"error: the schedule is invalid (--cron / MNIST_CRON {args.cron!r}, --timezone / MNIST_TIMEZONE "
+              f"{args.timezone!r}): {exc}", file=sys.stderr)
         return 2
     train_flow.serve(
         name=args.name,

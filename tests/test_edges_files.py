@@ -374,6 +374,28 @@ def test_a_bad_flow_option_is_one_line_naming_it_exit_2(tmp_path):
     print(f"\nEDGES --epochs abc: {child.seconds:.1f} s")
 
 
+@pytest.mark.parametrize("argv,variable,line", [
+    (["--cron", "61 * * * *"], "MNIST_CRON",
+     "error: the schedule is invalid (--cron / MNIST_CRON '61 * * * *', --timezone / MNIST_TIMEZONE 'UTC'): "),
+    (["--timezone", "Mars/Olympus"], "MNIST_TIMEZONE",
+     "error: the schedule is invalid (--cron / MNIST_CRON '0 2 * * *', --timezone / MNIST_TIMEZONE 'Mars/Olympus'): "),
+    (["--parameters", "{bad"], "MNIST_DEPLOYMENT_PARAMETERS",
+     "error: --parameters / MNIST_DEPLOYMENT_PARAMETERS is not JSON: "),
+    (["--parameters", "[1]"], "MNIST_DEPLOYMENT_PARAMETERS",
+     "error: --parameters / MNIST_DEPLOYMENT_PARAMETERS must be a JSON object of run parameters"),
+])
+def test_serve_refuses_a_bad_schedule_or_parameters_in_one_line_naming_option_and_variable(tmp_path, argv, variable, line):
+    """The same refusal when the value comes from the environment, as in compose's worker."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_CRON", "MNIST_TIMEZONE", "MNIST_DEPLOYMENT_PARAMETERS")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL="http://127.0.0.1:9/api",
+               MNIST_STORE_URL=str(tmp_path / "store"))
+    for given in (argv, []):
+        child = run_child([sys.executable, "deployments/serve.py", *given],
+                          env if given else dict(env, **{variable: argv[1]}), tmp_path)
+        assert child.code == 2 and child.one_error_line().startswith(line)
+    assert not (tmp_path / "store").exists()
+
+
 @pytest.mark.parametrize("module,argv,line", [
     ("train_flow", ["--batch-size", "1.5"], "error: argument --batch-size: invalid int value: '1.5'"),
     ("train_flow", ["--epohcs", "3"], "error: unrecognized arguments: --epohcs 3"),
