@@ -18,6 +18,7 @@ Reads run in a thread pool, so 5,000 runs cost seconds, not minutes, on a real S
 
 from __future__ import annotations
 
+import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,13 +59,14 @@ def _safe(fn, *args):
         return None, str(exc)
 
 
-def check_production(store: ArtifactStore, audit: Audit) -> registry.Production | None:
+def check_production(store: ArtifactStore, audit: Audit) -> tuple[registry.Production | None, bool]:
+    """Production (None when there is none) and whether production.json could be read at all."""
     production, error = _safe(lambda: registry.read_production(store)[0])
     if error:
         audit.problems.append(error)
-        return None
+        return None, False
     if production is None:
-        return None
+        return None, True
     audit.count("production")
     _, error = _safe(registry.read_manifest, store, production.run_id)
     if error:
@@ -88,15 +90,20 @@ def check_production(store: ArtifactStore, audit: Audit) -> registry.Production 
     if production.history_key and not store.exists(production.history_key):
         audit.problems.append(f"{keys.PRODUCTION} names its history record {production.history_key}, "
                               "which is missing")
-    return production
+    return production, True
 
 
 def replay(records: list[registry.HistoryRecord]) -> tuple[str | None, list[str]]:
     """Production and its rollback stack, as the decisions in history say they should be."""
     current, stack = None, []
     for record in records:
-        if record.decision == "promoted" and record.run_id != current:
-            if current is not None and not getattr(record, "replaced_damaged_production", None):
+        if record.decision == "promoted":
+            replaced = getattr(record, "replaced_damaged_production", None)
+            if replaced:  # `promote --force` kept the damaged production's stack, if it could read one
+                stack = _stack_of_damaged(replaced)
+            elif current is not None and record.production_before is None:
+                stack = []  # production.json was missing: that promotion started a new stack
+            elif current is not None and record.run_id != current:
                 stack = (stack + [current])[-registry.ROLLBACK_DEPTH:]
             current = record.run_id
         elif record.decision == "rollback":
@@ -104,10 +111,21 @@ def replay(records: list[registry.HistoryRecord]) -> tuple[str | None, list[str]
     return current, stack
 
 
+def _stack_of_damaged(kept: object) -> list[str]:
+    """The rollback stack of the production.json that `promote --force` replaced, from the bytes
+    its history record keeps: what that promotion carried over ([] when they do not parse)."""
+    try:
+        damaged = json.loads(base64.b64decode(kept["base64"]))
+        return [entry["run_id"] for entry in damaged["stack"]]
+    except (TypeError, KeyError, ValueError):
+        return []
+
+
 def check_history(store: ArtifactStore, audit: Audit, production: registry.Production | None,
-                  keys: list[str]) -> None:
-    good = [k for k in keys if registry.history_key_run_id(k)]
-    audit.problems += [f"{k}: not a history record name (<UTC time>-<run id>.json)" for k in keys if k not in good]
+                  history_keys: list[str], production_readable: bool = True) -> None:
+    good = [k for k in history_keys if registry.history_key_run_id(k)]
+    audit.problems += [f"{k}: not a history record name (<UTC time>-<run id>.json)"
+                       for k in history_keys if k not in good]
     results = _pool_map(lambda k: _safe(registry.read_history_record, store, k), good)
     audit.count("history records", len(good))
     records = []
@@ -118,9 +136,15 @@ def check_history(store: ArtifactStore, audit: Audit, production: registry.Produ
             audit.problems.append(f"{key}: its run_id {record.run_id} is not the one in its name")
         else:
             records.append(record)
-    if production is None or len(records) != len(good):
-        return  # a chain with damaged links cannot be compared
+    if not production_readable or len(records) != len(good):
+        return  # a damaged production.json is reported already; a chain with damaged links cannot be compared
     current, stack = replay(records)
+    if production is None:
+        if current is not None:
+            audit.problems.append(f"{keys.PRODUCTION} is missing, but the history says {current} is in production "
+                                  f"(rollback stack {stack}); `mnist-pipeline promote {current}` writes it again, with an empty "
+                                  "rollback stack")
+        return
     if current != production.run_id or stack != [e.run_id for e in production.stack]:
         audit.problems.append(
             f"{keys.PRODUCTION} names {production.run_id} with rollback stack "
@@ -274,9 +298,9 @@ def check_data_versions(store: ArtifactStore, audit: Audit, objects: list[Object
 def verify(store: ArtifactStore, deep: bool = False) -> Audit:
     audit = Audit()
     everything = store.list_objects("", skipped=audit.problems)  # one listing, shared by the checks below
-    production = check_production(store, audit)
+    production, readable = check_production(store, audit)
     history = [o.key for o in everything if o.key.startswith(keys.HISTORY)]
-    check_history(store, audit, production, history)
+    check_history(store, audit, production, history, production_readable=readable)
     runs = [o for o in everything if o.key.startswith(keys.RUNS)]
     labels = check_dataset_cache(store, audit, everything, any_runs=bool(runs))
     check_runs(store, audit, deep, runs, labels)

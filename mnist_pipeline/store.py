@@ -238,8 +238,20 @@ class LocalStore(ArtifactStore):
             try:
                 data = self._read(key)
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                # A folder or a dangling link at the key is not "no object": a conditional create
+                # would fail on it forever (seen as "production kept changing")
+                what = self._occupied_by(key)
+                if what:
+                    raise StoreError(self.not_regular_problem(key, what)) from None
                 raise NotFoundInStore(f"{key} not found in {self.url}") from None
         return data, _etag(data)
+
+    def _occupied_by(self, key: str) -> str | None:
+        """What holds a key's path that is not a file: a folder or a link to nothing; None if nothing."""
+        path = self._path(key)
+        if path.is_symlink() and not path.exists():
+            return "a symbolic link to nothing, not a regular file"
+        return "a folder, not a regular file" if path.is_dir() else None
 
     def exists(self, key):
         return self._path(key).is_file()
@@ -256,9 +268,14 @@ class LocalStore(ArtifactStore):
                     key = name if rel == "." else f"{rel}/{name}"
                     if name.startswith(".") or not key.startswith(prefix):
                         continue
-                    st = os.stat(os.path.join(dirpath, name))
-                    if not stat.S_ISREG(st.st_mode):
-                        what = f"{kind_of(st.st_mode)}, not a regular file"
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                        what = None if stat.S_ISREG(st.st_mode) else f"{kind_of(st.st_mode)}, not a regular file"
+                    except FileNotFoundError:  # a link to nothing (or a file deleted meanwhile)
+                        if not os.path.islink(os.path.join(dirpath, name)):
+                            continue
+                        what = "a symbolic link to nothing, not a regular file"
+                    if what:
                         if skipped is None:
                             log.warning("skipped %s: %s", key, what)
                         else:

@@ -206,6 +206,67 @@ def test_a_damaged_production_json_is_one_line_and_never_overwritten(store, runs
     assert __import__("base64").b64decode(kept["base64"]) == content
 
 
+# -- verify against the history: the replay agrees after each repair, and says when it does not --
+def test_verify_names_a_production_that_the_history_contradicts_in_one_line(store, runs):
+    from mnist_pipeline.audit import verify
+
+    assert promote(store, "a").promoted and promote(store, "b").promoted
+    assert verify(store).problems == []
+    record = registry.history_keys(store)[-1]  # b's promotion
+    store.delete(record)
+    assert verify(store).problems == [
+        f"registry/production.json names its history record {record}, which is missing",
+        "registry/production.json names b with rollback stack ['a'], but the history says a with []"]
+
+
+@pytest.mark.parametrize("damage", ["not JSON", "its model"])
+def test_verify_is_clean_after_promote_force_replaced_a_damaged_production(store, runs, zoo, damage):
+    """The history keeps the damaged production.json's bytes; the replay carries over the stack
+    the forced promotion kept (none when those bytes do not parse)."""
+    from mnist_pipeline.audit import verify
+
+    assert promote(store, "c").promoted and promote(store, "b").promoted
+    if damage == "not JSON":
+        store.put(keys.PRODUCTION, b'{"run_id": "b", ')
+    else:
+        store.put("runs/b/model.keras", zoo[3].data)  # production's model swapped
+    assert promote(store, "a", force=True).promoted
+    stack = [e.run_id for e in registry.read_production(store)[0].stack]
+    assert stack == ([] if damage == "not JSON" else ["c"])
+    problems = verify(store).problems
+    assert not [p for p in problems if "history" in p], problems
+
+
+def test_verify_names_a_deleted_production_json_and_is_clean_once_it_is_promoted_again(store, runs):
+    from mnist_pipeline.audit import verify
+
+    assert promote(store, "b").promoted and promote(store, "a").promoted
+    store.delete(keys.PRODUCTION)
+    assert verify(store).problems == [
+        "registry/production.json is missing, but the history says a is in production (rollback stack ['b']); "
+        "`mnist-pipeline promote a` writes it again, with an empty rollback stack"]
+    assert promote(store, "a").promoted
+    assert verify(store).problems == []
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+@pytest.mark.parametrize("occupant", ["folder", "dangling link"])
+def test_a_folder_or_a_dangling_link_at_production_json_is_named_not_taken_for_a_race(store, runs, occupant):
+    from mnist_pipeline.audit import verify
+
+    path = store.root / keys.PRODUCTION
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir() if occupant == "folder" else path.symlink_to(store.root / "nowhere")
+    what = "a folder" if occupant == "folder" else "a symbolic link to nothing"
+    history = registry.history_keys(store)
+    with pytest.raises(StoreError) as err:
+        promote(store, "a")
+    assert str(err.value).startswith(f"registry/production.json in the store {store.url} is {what}, not a regular file")
+    assert registry.history_keys(store) == history  # not recorded as blocked ("production kept changing")
+    assert any(p.startswith(f"registry/production.json in the store {store.url} is {what}")
+               for p in verify(store).problems)
+
+
 def test_a_damaged_history_record_is_named(store, runs):
     assert promote(store, "a").promoted
     key = registry.history_keys(store)[-1]
