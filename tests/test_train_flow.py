@@ -171,8 +171,11 @@ def test_promote_promote_rollback_verify_on_each_s3_server(server, request, flow
     (won, won_out, _), (lost, _, lost_err) = outcomes
     assert (won, lost) == (0, 1), outcomes
     assert won_out.startswith(f"rolled back: {a} is in production")
-    assert len(lost_err.splitlines()) == 1 and "Traceback" not in lost_err
-    assert lost_err.startswith(("error: production changed while rolling back; nothing was changed",
+    # one error line; a loaded radosgw may answer a racing write with HTTP 500 first, which is
+    # retried with a warning line (seen with three test processes)
+    errors = [line for line in lost_err.splitlines() if not line.startswith("warning: S3 endpoint not answering")]
+    assert len(errors) == 1 and "Traceback" not in lost_err, lost_err
+    assert errors[0].startswith(("error: production changed while rolling back; nothing was changed",
                                 f"error: production {a} has no earlier production model")), lost_err
     production = production_of(store_for(env))
     assert production["run_id"] == a and production["stack"] == []
