@@ -348,8 +348,9 @@ def main(flow, schema: type[BaseModel], argv: list[str] | None = None) -> int:
     PREFECT_API_URL is set), print one line, exit with the run's status. The options are
     `schema`'s fields (mnist_pipeline/params.py)."""
     prepare_run()
-    parser = command_line(schema, flow.description, "Exit status: 0 promoted, 3 blocked by the gate, "
-                                                    "2 bad parameters, 1 the run failed, 130/143 stopped.")
+    parser = command_line(schema, flow.description, "Exit status: 0 promoted (or unchanged), 3 blocked by "
+                                                    "the gate, 2 bad parameters or settings, 1 the run failed, "
+                                                    "130/143 stopped.")
     args = vars(parser.parse_args(argv))
     try:
         load_settings()  # fail before any work on a bad environment
