@@ -457,6 +457,49 @@ def test_two_promotions_racing_one_write_wins_the_other_is_told_and_decides_agai
     assert_promotions_chain([r for r in history if r["decision"] == "promoted"], current.run_id)
 
 
+class AppliedButRefused:
+    """The store, except that its next conditional write of production is applied and then
+    answered as refused: what a client sees when the server applied a write but answered HTTP 500,
+    and the retry then failed its precondition against that very write."""
+
+    def __init__(self, store):
+        self._store, self.answered = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def _apply_then_refuse(self, write, *args):
+        write(*args)
+        self.answered += 1
+        raise PreconditionFailed(f"{keys.PRODUCTION} changed since it was read")
+
+    def put_if_match(self, key, data, etag, content_type="application/json"):
+        if key != keys.PRODUCTION or self.answered:
+            return self._store.put_if_match(key, data, etag, content_type)
+        return self._apply_then_refuse(self._store.put_if_match, key, data, etag, content_type)
+
+    def put_if_absent(self, key, data, content_type="application/json"):
+        if key != keys.PRODUCTION or self.answered:
+            return self._store.put_if_absent(key, data, content_type)
+        return self._apply_then_refuse(self._store.put_if_absent, key, data, content_type)
+
+
+def test_a_write_that_landed_though_its_answer_said_refused_is_reported_as_done(store, runs):
+    """Neither "production changed while rolling back; nothing was changed" (a lie: it changed)
+    nor a promotion reported as "already in production": the write is recognised as this attempt's."""
+    from mnist_pipeline.audit import verify
+
+    promoted = registry.promote(AppliedButRefused(store), registry.stored_candidate(store, "b"), min_accuracy=MIN)
+    assert promoted.promoted and not promoted.already and promoted.production["run_id"] == "b"
+    assert promote(store, "a").promoted
+    rolled = AppliedButRefused(store)
+    result = registry.rollback(rolled, min_accuracy=MIN)
+    assert rolled.answered == 1 and result.promoted and registry.read_production(store)[0].run_id == "b"
+    assert [(r["run_id"], r["decision"]) for r in registry.read_history(store)][-3:] == [
+        ("b", "promoted"), ("a", "promoted"), ("b", "rollback")]
+    assert verify(store).problems == []
+
+
 def test_a_model_that_does_not_load_is_never_promoted(store, runs):
     candidate = registry.Candidate("bad", registry.sha256(b"not a zip"), 0.99)
     store.put("runs/bad/model.keras", b"not a zip")

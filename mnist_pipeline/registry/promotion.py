@@ -54,6 +54,17 @@ def _write_production(store: ArtifactStore, record: Production, etag: str | None
         store.put_if_match(keys.PRODUCTION, body, etag)
 
 
+def _landed(store: ArtifactStore, history_key: str) -> bool:
+    """Whether a write whose precondition failed is in place all the same: a request the server
+    applied but answered with an error (HTTP 500) is retried, and the retry fails against itself.
+    Production then names this attempt's own history key, which no other writer has."""
+    try:
+        current, _ = read_production(store)
+    except PipelineError:
+        return False
+    return current is not None and current.history_key == history_key
+
+
 def _record_after_write(store: ArtifactStore, record: dict, key: str, warnings: list[str]) -> str | None:
     """Production has changed: whatever happens now, the decision stands. A history record that
     cannot be written is a warning (verify reports it), never a reason to say "failed"."""
@@ -160,7 +171,8 @@ def promote(store: ArtifactStore, candidate: Candidate, *, min_accuracy: float,
         try:
             _write_production(store, record, etag)
         except PreconditionFailed:
-            continue  # someone else changed production: decide again against the new champion
+            if not _landed(store, key):
+                continue  # someone else changed production: decide again against the new champion
         warnings: list[str] = []
         extra = {"replaced_damaged_production": _keep_bytes(damaged)} if damaged else {}
         written = _record_after_write(store, dict(base, decision="promoted", reason=decision.reason,
@@ -228,8 +240,9 @@ def rollback(store: ArtifactStore, *, min_accuracy: float, actor: str | None = N
     try:
         _write_production(store, record, etag)
     except PreconditionFailed:
-        raise RegistryError("production changed while rolling back; nothing was changed, "
-                            "check `mnist-pipeline history` and retry") from None
+        if not _landed(store, key):
+            raise RegistryError("production changed while rolling back; nothing was changed, "
+                                "check `mnist-pipeline history` and retry") from None
     warnings: list[str] = []
     written = _record_after_write(store, dict(base, decision="rollback", reason=record.reason), key, warnings)
     return PromotionResult(True, record.reason, None, record.model_dump(), written, warnings=warnings)
