@@ -7,6 +7,9 @@ value (Apprise passes tokens as `?-token=...` and `+X-Auth=...`) and the fragmen
 path of an Apprise service URL (`slack://T/B/TOKEN`, `tgram://BOT:TOKEN/CHAT`) are credentials, so
 every scheme not known to name a place loses them; on http(s), the path of a known webhook host
 (Slack, Discord, Telegram, Teams, ...) and whatever follows a `hooks`/`webhooks` segment.
+The same holds where a path's normalisation collapsed the `//` (`https:/u:p@host/x`,
+`/cwd/s3:/KEY:SECRET@bucket`), and user info after any scheme-like word (`s3:KEY:SECRET@bucket`);
+a `%40` ends user info as '@' does (`s3://KEY:SECRET%40bucket`: no host holds a '%40').
 Kept: the parameters of an S3 presigned link (a report link is this project's own capability,
 meant to be opened), and the host and path of ordinary places (`s3://bucket/prefix`,
 `http://host:9000`, `tcp://scheduler:8786`).
@@ -36,6 +39,12 @@ _PRESIGNED = re.compile(r"X-Amz-(Algorithm|Credential|Date|Expires|SignedHeaders
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.-]{0,30}://"
 # A URL ends at white space, a quote, or where a comma starts the next one (MNIST_NOTIFY_URL's list).
 _URL = re.compile(rf"\b{_SCHEME}[^\s'\"<>`]+?(?=$|[\s'\"<>`]|,{_SCHEME})")
+# A place's URL whose `//` a path's normalisation collapsed to `/` (`Path("https://h/x")`).
+_COLLAPSED = re.compile(rf"(?<![A-Za-z0-9+.-])(?:{'|'.join(sorted(_PLACE_SCHEMES))})(?:\+[\w.-]+)?:/(?!/)"
+                        rf"[^\s'\"<>`]+?(?=$|[\s'\"<>`]|,{_SCHEME})", re.IGNORECASE)
+# User info after any scheme-like word (two or more characters: not a drive letter) and any
+# slashes; with no slash it must hold a password (`mailto:me@x.org` is an address, not a secret).
+_LOOSE_USERINFO = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]{1,30}:)(/*)([^\s/'\"<>`@]+)@")
 _PLACE_AUTHORITY = re.compile(r"\[[0-9A-Fa-f:.]*\](:\d*)?|[^:@]*(:\d*)?")  # host[:port]
 _TRAILING = ".,;:!?)]}"
 
@@ -52,6 +61,8 @@ def redact_url(url: str) -> str:
         at = rest.rindex("@", 0, len(head))
     elif "@" in rest and not _PLACE_AUTHORITY.fullmatch(head):
         at = rest.rindex("@")  # `KEY:SEC/RET@bucket`: an unencoded '/' in a password
+    elif "%40" in head.lower():
+        at = head.lower().rindex("%40") + 2  # the user info ends where the '@' was encoded
     else:
         at = -1
     userinfo, (authority, slash, path) = MASK + "@" if at >= 0 else "", rest[at + 1:].partition("/")
@@ -88,16 +99,34 @@ def _redact_parameter(parameter: str) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with every URL in it redacted (redact_url); the rest unchanged."""
-    if "://" not in text:
+    """`text` with every URL in it redacted (redact_url), collapsed ones too, and any user info
+    after a scheme-like word masked; the rest unchanged."""
+    if ":/" not in text and "@" not in text:
         return text
+    text = _URL.sub(_one_url, text)
+    text = _COLLAPSED.sub(_one_collapsed, text)
+    return _LOOSE_USERINFO.sub(_loose_userinfo, text)
 
-    def one(match: re.Match) -> str:
-        url = match.group(0)
-        core = url.rstrip(_TRAILING)
-        return redact_url(core) + url[len(core):]
 
-    return _URL.sub(one, text)
+def _one_url(match: re.Match) -> str:
+    return _redact_but_trailing(match.group(0))
+
+
+def _one_collapsed(match: re.Match) -> str:
+    scheme, _, rest = match.group(0).partition(":/")
+    return scheme + ":/" + _redact_but_trailing(f"{scheme}://{rest}")[len(scheme) + 3:]
+
+
+def _redact_but_trailing(url: str) -> str:
+    core = url.rstrip(_TRAILING)  # a sentence's punctuation after the URL
+    return redact_url(core) + url[len(core):]
+
+
+def _loose_userinfo(match: re.Match) -> str:
+    scheme, slashes, userinfo = match.groups()
+    if not slashes and ":" not in userinfo:
+        return match.group(0)
+    return f"{scheme}{slashes}{MASK}@"
 
 
 def redact_record(record: logging.LogRecord) -> logging.LogRecord:

@@ -61,6 +61,38 @@ def test_places_and_the_reports_presigned_links_are_kept(url):
     assert redact_url(url) == url and redact(f"report: {url}") == f"report: {url}"
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("text,shown", [
+    # a path's normalisation collapsed the `//` (Path("https://u:p@h/x") is "https:/u:p@h/x")
+    (f"error: https:/u:{SECRET}@host/x.png: no such file", "error: https:/***@host/x.png: no such file"),
+    (f"error: s3:/KEY:{SECRET}@bucket/x: no such file", "error: s3:/***@bucket/x: no such file"),
+    (f"error: no store at /home/me/s3:/AKID:{SECRET}@bkt: no such folder",
+     "error: no store at /home/me/s3:/***@bkt: no such folder"),
+    (f"s3:/AKID:ab/{SECRET}@bkt/x", "s3:/***@bkt/x"),
+    (f"https:/host/x.png?token={SECRET}#{SECRET}", "https:/host/x.png?token=***#***"),
+    # user info after any scheme-like word, with any slashes or none
+    (f"minio:/u:{SECRET}@host:9000", "minio:/***@host:9000"),
+    (f"s3:KEY:{SECRET}@bucket", "s3:***@bucket"),
+    (f"error:https:/u:{SECRET}@h/x", "error:https:/***@h/x"),
+    # an '@' percent-encoded still ends the user info: no bucket or host name holds a '%40'
+    (f"s3://AKID:{SECRET}%40mybucket/prefix", "s3://***@mybucket/prefix"),
+    (f"s3:/AKID:{SECRET}%40mybucket", "s3:/***@mybucket"),
+])
+def test_user_info_is_masked_where_a_paths_normalisation_or_encoding_hid_the_url(text, shown):
+    """Found by an audit: `predict 'https://u:PASS@host/x.png'` printed the password in its error."""
+    assert redact(text) == shown and redact(shown) == shown
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", [
+    "/data/a , http://x.example/mnist/", "C:/Users/me@corp/x.png", "mailto:me@example.org", "by alice@box",
+    "actor:root@host", "python:3.11-slim@sha256:0123abcd", "git@github.com:org/repo.git", "file:/tmp/x.png",
+    "https://cdn.example/npm/pkg@1.2.3/file.js", "at 10:30 bob@example.org wrote", "runs/run-a/report.html",
+])
+def test_paths_addresses_and_image_references_are_left_alone(text):
+    assert redact(text) == text
+
+
 def test_a_list_of_urls_is_redacted_url_by_url_and_redaction_is_idempotent():
     text = f"MNIST_NOTIFY_URL=json://h/p,discord://1/{SECRET},mailto://u:{SECRET}@x.org"
     once = redact(text)

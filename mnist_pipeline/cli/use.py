@@ -12,6 +12,7 @@ import typer
 from mnist_pipeline import keys, registry
 from mnist_pipeline.cli.common import app, err, load_keras_quietly, out, save, say, settings_and_store
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.redaction import redact
 from mnist_pipeline.runs import resolve_run
 
 
@@ -64,7 +65,8 @@ def predict(
             loaded.append((path, load_digit(path)))
         except ValueError as exc:
             failed += 1
-            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            # Not main()'s one line, which redacts: a URL given for a path names the file here.
+            err.print(f"error: {redact(str(exc))}", markup=False, highlight=False, soft_wrap=True)
     if loaded:
         load_keras_quietly()
         probabilities = predict_probabilities(model_from_bytes(data, f"model of run {run_id}"),
