@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -38,6 +39,17 @@ def bucket_name_problem(bucket: str) -> str | None:
 
 def _prefix_problem(prefix: str) -> bool:
     return any(segment in ("", ".", "..") for segment in prefix.split("/"))
+
+
+def _has_userinfo(url: str) -> bool:
+    """A user or password before the host, its '@' plain or encoded, anywhere: a password may
+    hold an unencoded '/'."""
+    return "@" in url or "%40" in url.lower()
+
+
+_CREDENTIALS = ("must not carry credentials (user info before '@'); put them in AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY")
+_SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # `s3:/bkt`: a URL whose `//` was lost
 
 
 class Settings(BaseSettings):
@@ -111,20 +123,21 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("is empty")
         if value.startswith("s3://"):
-            if "@" in value:  # user info, never echoed: it may be a key and its secret
-                raise ValueError("must not carry credentials (user info before '@'); put them in "
-                                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            if _has_userinfo(value):  # user info, never echoed: it may be a key and its secret
+                raise ValueError(_CREDENTIALS)
             bucket = value[5:].split("/", 1)[0]
             problem = bucket_name_problem(bucket)
             if problem:
-                raise ValueError(f"bucket name {bucket!r} is not a valid S3 bucket name: it {problem}")
+                # Echoed only when made of name characters: `KEY:SEC/RET@b` leaves `KEY:SEC` here.
+                shown = f"{bucket!r} " if re.fullmatch(r"[\w.-]*", bucket) else ""
+                raise ValueError(f"bucket name {shown}is not a valid S3 bucket name: it {problem}")
             prefix = value[5:].partition("/")[2].removesuffix("/")
             if prefix and _prefix_problem(prefix):
                 # Keys would hold them literally ("runs/../x"); clients that normalise paths (browsers,
                 # `aws s3`) then ask for other keys. The URL is not echoed: it may carry user info.
                 raise ValueError("the prefix after the bucket must not have '.', '..' or empty ('a//b') "
                                  "segments: write s3://BUCKET/SOME/PREFIX")
-        elif "://" in value:
+        elif "://" in value or _SCHEME_LIKE.match(value):
             raise ValueError("must be s3://BUCKET[/PREFIX] or a local folder path")
         return value
 
@@ -133,6 +146,10 @@ class Settings(BaseSettings):
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        # Refused, not stripped: boto3 signs with the AWS keys and never sends user info, so it would
+        # be silently unused here, and presigned links (reports, the dashboard) would carry it.
+        if value and _has_userinfo(value):
+            raise ValueError(_CREDENTIALS)
         return value or None
 
     @property
@@ -143,11 +160,20 @@ class Settings(BaseSettings):
         return Path(self.store_url).expanduser().resolve()
 
 
-_ENV_NAMES = {
-    name: (field.validation_alias if isinstance(field.validation_alias, str)
-           else field.validation_alias.choices[0])
-    for name, field in Settings.model_fields.items()
-}
+def _names(alias: str | AliasChoices) -> list[str]:
+    return [alias] if isinstance(alias, str) else list(alias.choices)
+
+
+# A setting's variables, by its field name and by its first variable (what an error's loc holds).
+_ENV_NAMES = {key: _names(field.validation_alias) for name, field in Settings.model_fields.items()
+              for key in (name, _names(field.validation_alias)[0])}
+
+
+def _env_name(loc: str) -> str:
+    """The variable an error is about: of a setting's names (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL),
+    the first one set, as they are read."""
+    names = _ENV_NAMES.get(loc, [loc])
+    return next((name for name in names if name in os.environ), names[0])
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -157,7 +183,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = str(err["loc"][0]) if err["loc"] else "?"
-        name = _ENV_NAMES.get(loc, loc)
+        name = _env_name(loc)
         # Never echo the input: it may be a credential.
         msg = err["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{name} is invalid: {msg}; fix it in the environment") from None

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
 def clean_env(monkeypatch):
     for name in ("MNIST_STORE_URL", "MNIST_MIRRORS", "MNIST_MIN_ACCURACY", "MNIST_MIN_CLASS_RECALL",
                  "AWS_ENDPOINT_URL_S3",
-                 "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                 "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MNIST_S3_PUBLIC_URL"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -56,6 +56,50 @@ def test_credentials_in_the_store_url_are_refused_never_echoed_and_sent_where_th
                               "them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; fix it in the environment")
 
 
+CREDENTIALS = ("is invalid: must not carry credentials (user info before '@'); put them in AWS_ACCESS_KEY_ID and "
+               "AWS_SECRET_ACCESS_KEY; fix it in the environment")
+
+
+@pytest.mark.parametrize("url", ["s3://AKIAKEY:SUPERSECRET-123%40my-bucket",
+                                 "s3://AKIAKEY:SUPER/SECRET-123%40my-bucket"])
+def test_credentials_before_an_encoded_at_in_the_store_url_are_refused_too(monkeypatch, url):
+    """Found by an audit: the error echoed the bucket name, `AKIAKEY:SUPERSECRET-123%40my-bucket`."""
+    monkeypatch.setenv("MNIST_STORE_URL", url)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value) == f"MNIST_STORE_URL {CREDENTIALS}"
+
+
+@pytest.mark.parametrize("url", ["s3://AKIAKEY:SUPERSECRET-123", "s3://AKIAKEY:SUPERSECRET-123/prefix"])
+def test_a_bad_bucket_name_that_may_be_a_secret_is_not_echoed(monkeypatch, url):
+    monkeypatch.setenv("MNIST_STORE_URL", url)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "not a valid S3 bucket name" in str(err.value) and "SUPERSECRET" not in str(err.value)
+
+
+def test_a_store_url_that_lost_its_double_slash_is_refused_not_taken_for_a_folder(monkeypatch):
+    """`s3:/bkt` would have become a folder named `s3:` (its user info in a folder name)."""
+    monkeypatch.setenv("MNIST_STORE_URL", "s3:/AKIAKEY:SUPERSECRET-123@my-bucket")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value) == ("MNIST_STORE_URL is invalid: must be s3://BUCKET[/PREFIX] or a local folder path; "
+                              "fix it in the environment")
+
+
+@pytest.mark.parametrize("name,url", [("AWS_ENDPOINT_URL_S3", "http://EPUSER:EPSECRET@127.0.0.1:9000"),
+                                      ("AWS_ENDPOINT_URL", "http://EPUSER:EPSECRET@127.0.0.1:9000"),
+                                      ("MNIST_S3_PUBLIC_URL", "https://PUBUSER:PUBSECRET@s3.example"),
+                                      ("MNIST_S3_PUBLIC_URL", "http://PUBUSER:PUBSECRET%40localhost:9000")])
+def test_credentials_in_an_endpoint_are_refused_naming_the_variable_never_its_value(monkeypatch, name, url):
+    """Found by an audit: presigned links (`report --url`, the dashboard) carried them. boto3 never
+    sends them, so they are refused rather than silently dropped."""
+    monkeypatch.setenv(name, url)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value) == f"{name} {CREDENTIALS}"
+
+
 def test_secrets_are_never_shown(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SUPERSECRET-123")
     s = load_settings()
@@ -82,3 +126,23 @@ def test_a_store_url_with_credentials_is_one_line_without_them_from_the_cli_and_
         assert proc.stderr.splitlines() == ["error: MNIST_STORE_URL is invalid: must not carry credentials (user info "
                                             "before '@'); put them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
                                             "fix it in the environment"]
+
+
+def test_an_endpoint_with_credentials_is_one_line_without_them_before_any_link_is_made(tmp_path):
+    """The commands the audit saw print or store presigned links with them: `report --url`, `dashboard`."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    cli = str(Path(sys.executable).parent / "mnist-pipeline")
+    env = dict(os.environ, MNIST_STORE_URL="s3://my-bucket", MNIST_S3_PUBLIC_URL="http://PUBUSER:PUBSECRET@localhost:9",
+               PREFECT_HOME=str(tmp_path))
+    env.pop("PREFECT_API_URL", None)
+    for args in (["report", "run-a", "--url"], ["dashboard", "-o", str(tmp_path / "d.html")]):
+        proc = subprocess.run([cli, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stdout == "" and "PUBSECRET" not in proc.stderr
+        assert proc.stderr.splitlines() == [f"error: MNIST_S3_PUBLIC_URL {CREDENTIALS}"]
+    assert not (tmp_path / "d.html").exists()
