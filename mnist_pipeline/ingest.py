@@ -29,6 +29,7 @@ from mnist_pipeline.data_versions import RECORD, VersionManifest
 from mnist_pipeline.errors import PipelineError, PreconditionFailed
 from mnist_pipeline.files import open_regular
 from mnist_pipeline.params import DEFAULT_SEED
+from mnist_pipeline.redaction import redact
 from mnist_pipeline.store import ArtifactStore
 
 DEFAULT_HOLDOUT = 0.2
@@ -201,7 +202,10 @@ def ingest(store: ArtifactStore, root: Path, *, holdout: float = DEFAULT_HOLDOUT
                             "nothing was stored")
     pixels = np.frombuffer(b"".join(images), np.uint8).reshape(-1, 28, 28)
     hashes = data_versions.image_hashes(pixels)
-    meta = dict(created_by=actor, source=str(root.resolve()), note=note, holdout_fraction=holdout, seed=seed)
+    # A note is typed by a person and may name a URL with its password or token (a path too, once
+    # its `//` is collapsed): both are stored redacted, as every reader of the manifest shows them.
+    meta = dict(created_by=actor, source=redact(str(root.resolve())), note=redact(note), holdout_fraction=holdout,
+                seed=seed)
     earlier: dict[int, dict[str, int]] = {}  # version -> its images' hashes -> label
     for _ in range(PUBLISH_ATTEMPTS):
         versions = data_versions.list_versions(store)

@@ -320,6 +320,28 @@ def test_every_command_on_a_store_of_damaged_and_foreign_objects_and_bad_paths(r
             assert len([line for line in result.err.splitlines() if line.startswith("error:")]) == 1
 
 
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_reason_naming_a_secret_url_is_stored_and_shown_redacted(runs, cli, tmp_path):
+    """Found by an audit: a --reason was stored verbatim in the history record and the dashboard."""
+    assert cli("promote", "run-b", "--reason", "see https://u:REASONPW@wiki/x?token=TOKR").code == 0
+    assert registry.read_history(runs)[-1]["note"] == "see https://***@wiki/x?token=***"
+    saved = tmp_path / "dashboard.html"
+    shown = cli("history").output + cli("dashboard", "-o", str(saved)).output + saved.read_text()
+    stored = b"".join(path.read_bytes() for path in runs.root.rglob("*") if path.is_file())
+    assert "wiki/x?token=***" in shown and b"wiki/x?token=***" in stored
+    assert not [word for word in ("REASONPW", "TOKR") if word in shown or word.encode() in stored]
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+@pytest.mark.parametrize("args", [["predict", "https://u:PASS2@host/x.png", "--run", "run-a"],
+                                  ["model", "run-a", "-o", "https://u:PASS5@h/x"]])
+def test_a_url_given_for_a_path_names_no_password_in_its_error(runs, cli, args):
+    """Found by an audit: the path's normalisation collapsed its `//` (`https:/u:PASS2@host/x.png`),
+    which redaction did not take for a URL."""
+    result = cli(*args)
+    assert result.code == 1 and "https:/***@h" in error_line(result) and "PASS" not in result.output
+
+
 # -- use ----------------------------------------------------------------------------------------------
 def test_model_downloads_production_checked_against_its_hash(runs, cli, tmp_path, zoo):
     assert cli("promote", "run-a").code == 0

@@ -85,6 +85,27 @@ def test_a_folder_of_digit_images_becomes_version_1_as_predict_prepares_them(cli
     assert json.loads(cli("data", "--json").out)[0]["images"]["sha256"] == version.images.sha256
 
 
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_note_naming_a_secret_url_is_stored_and_shown_redacted(cli, store, digits):
+    """Found by an audit: a --note was stored verbatim in the version's manifest."""
+    assert cli("ingest", str(digits), "--note", "from https://ingu:INGSECRET@host/x?token=TOK123").code == 0
+    (version,) = data_versions.list_versions(store)
+    assert version.note == "from https://***@host/x?token=***"
+    shown = cli("data").output + cli("data", "--json").output
+    stored = b"".join(path.read_bytes() for path in store.root.rglob("*.json"))
+    assert "host/x?token=***" in shown and not [word for word in ("INGSECRET", "TOK123")
+                                                if word in shown or word.encode() in stored]
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+@pytest.mark.parametrize("given,shown", [("https://u:PASS3@host/x.csv", "https:/***@host/x.csv"),
+                                         ("s3://KEY:PASS4@bucket/x", "s3:/***@bucket/x")])
+def test_a_url_given_for_the_input_names_no_password_in_its_error(cli, store, given, shown):
+    """Found by an audit: the path's normalisation collapsed its `//`, which redaction missed."""
+    result = cli("ingest", given)
+    assert result.code == 1 and result.err.startswith(f"error: {shown}: no such file") and "PASS" not in result.output
+
+
 def test_a_csv_of_path_and_label_is_ingested_and_a_bad_row_is_one_line(cli, store, digits, tmp_path):
     lines = ["path,label"] + [f"{digits}/{d}/{p.name},{d}" for d in range(10) for p in sorted((digits / str(d)).iterdir())[:3]]
     shutil.copy(digits / "4" / sorted(os.listdir(digits / "4"))[5], tmp_path / "four.png")

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from mnist_pipeline import keys
 from mnist_pipeline.errors import PipelineError, PreconditionFailed, RegistryError
+from mnist_pipeline.redaction import redact
 from mnist_pipeline.registry.schema import HistoryRecord, parse_history_record
 from mnist_pipeline.store import ArtifactStore
 
@@ -59,7 +60,7 @@ def write_history(store: ArtifactStore, record: dict, key: str | None = None) ->
     for _ in range(5):
         given = key is not None
         key = key or new_history_key(record["run_id"])
-        body = dict(record, recorded_at=key[len(keys.HISTORY):][:_STAMP_LEN])
+        body = dict(_redacted(record), recorded_at=key[len(keys.HISTORY):][:_STAMP_LEN])
         try:
             store.put_if_absent(key, json.dumps(body, indent=2).encode())
             return key
@@ -68,6 +69,18 @@ def write_history(store: ArtifactStore, record: dict, key: str | None = None) ->
                 return key
             key = None
     raise RegistryError("could not write a unique history record")
+
+
+def _redacted(value):
+    """Every text in a record redacted: a --reason or an approver's note is typed by a person and
+    may name a URL with its password or token; the dashboard and `history` show it to everyone."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _holds_decision(store: ArtifactStore, key: str, record: dict) -> bool:
