@@ -127,6 +127,16 @@ def test_report_saves_into_a_folder_or_refuses_a_missing_one_in_one_line(runs, c
     assert opened.code == 0 and f"no browser could be opened here; the report is at {tmp_path}/r.html" in opened.err
 
 
+def test_the_json_listings_of_an_empty_store_are_empty_lists(store, cli):
+    """A script tells an empty store from a failure: `[]`, exit 0, as `history` and `data` do."""
+    for args in (["runs", "--json"], ["runs", "--all", "--json"], ["history", "--json"], ["data", "--json"]):
+        listing = cli(*args)
+        assert (listing.code, json.loads(listing.out), listing.err) == (0, [], ""), args
+    table = cli("runs")  # a person reading a table is told why it is empty, and what to do
+    assert table.code == 1 and error_line(table) == \
+        f"error: no runs in {store.url} yet; run `python flows/train_flow.py` first"
+
+
 def test_compare_marks_differences_with_deltas_and_mcnemar(runs, cli, zoo, mnist_mirror):
     result = cli("compare", "run-a", "run-d")
     assert result.code == 0, result.err

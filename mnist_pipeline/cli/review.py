@@ -30,11 +30,11 @@ def runs(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> None
     """The stored runs, newest first, and which one is in production."""
     _, store = settings_and_store()
     summaries, complete = newest_runs(store, None if show_all else limit)
-    if not summaries and (show_all or not run_folders(store)):
-        raise no_runs_error(store)
-    if as_json:
+    if as_json:  # an empty store is `[]`, as in `history --json`: a script tells it from a failure
         out.print_json(json.dumps([s.to_json() for s in summaries]))
         return
+    if not summaries and (show_all or not run_folders(store)):
+        raise no_runs_error(store)
     rows = [[s.run_id, iso(s.started_at or s.time), s.model or "-", str(s.epochs or "-"), _acc(s.test_accuracy),
              s.decision, "*" if s.production else "", _new_data(s.new_data_accuracy, s.production_new_data_accuracy)]
             for s in summaries]
