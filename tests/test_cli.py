@@ -127,6 +127,25 @@ def test_report_saves_into_a_folder_or_refuses_a_missing_one_in_one_line(runs, c
     assert opened.code == 0 and f"no browser could be opened here; the report is at {tmp_path}/r.html" in opened.err
 
 
+
+def test_an_output_ending_in_a_slash_names_a_folder_that_must_exist(runs, cli, tmp_path):
+    """`-o DIR/`: into DIR when it is a folder, refused in one line when it is not (it was
+    written as a file named DIR, exit 0)."""
+    assert cli("promote", "run-a").code == 0
+    (tmp_path / "a-file").write_text("the user's")
+    for args, name in ((["report", "run-b"], "report-run-b.html"), (["model"], "model-run-a.keras"),
+                       (["dashboard"], "dashboard.html")):
+        missing = cli(*args, "-o", f"{tmp_path}/missing/")
+        assert missing.code == 1 and error_line(missing) == \
+            f"error: cannot write {tmp_path}/missing/{name}: the folder {tmp_path}/missing does not exist", args
+        not_a_folder = cli(*args, "-o", f"{tmp_path}/a-file/")
+        assert not_a_folder.code == 1 and error_line(not_a_folder) == \
+            f"error: cannot write {tmp_path}/a-file/{name}: {tmp_path}/a-file is not a folder", args
+        assert not (tmp_path / "missing").exists() and (tmp_path / "a-file").read_text() == "the user's"
+        saved = cli(*args, "-o", f"{tmp_path}/")
+        assert saved.code == 0 and (tmp_path / name).is_file(), (args, saved.output)
+
+
 def test_the_json_listings_of_an_empty_store_are_empty_lists(store, cli):
     """A script tells an empty store from a failure: `[]`, exit 0, as `history` and `data` do."""
     for args in (["runs", "--json"], ["runs", "--all", "--json"], ["history", "--json"], ["data", "--json"]):

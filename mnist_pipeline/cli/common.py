@@ -38,18 +38,21 @@ def settings_and_store() -> tuple[Settings, ArtifactStore]:
     return settings, open_store(settings, create=False)
 
 
-def output_path(output: Path | None, default_name: str) -> Path:
+def output_path(output: str | Path | None, default_name: str) -> Path:
     """The user's `output`: a file, or a folder to put `default_name` in (the current folder when
-    None); its folder must exist."""
-    target = output or Path(default_name)
-    if target.is_dir():
+    None); its folder must exist. A str, not a Path: `DIR/` names a folder, and Path drops the
+    slash (a missing DIR/ was written as a file named DIR)."""
+    target = Path(output or default_name)
+    if target.is_dir() or str(output or "").endswith("/"):
         target = target / default_name
-    if not target.parent.is_dir():
-        raise PipelineError(f"cannot write {target}: the folder {target.parent} does not exist")
+    folder = target.parent
+    if not folder.is_dir():
+        why = f"{folder} is not a folder" if folder.exists() else f"the folder {folder} does not exist"
+        raise PipelineError(f"cannot write {target}: {why}")
     return target
 
 
-def save(output: Path | None, default_name: str, data: bytes) -> Path:
+def save(output: str | Path | None, default_name: str, data: bytes) -> Path:
     """Write `data` to output_path(output, default_name), whole or not at all (mnist_pipeline/files.py)."""
     target = output_path(output, default_name)
     write_atomic(target, data)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import webbrowser
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -80,7 +79,8 @@ def history(limit: int = LIMIT, show_all: bool = ALL, as_json: bool = JSON) -> N
 @app.command()
 def report(
     run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File or folder to save report.html to."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH",
+                                         help="File or folder to save report.html to."),
     open_it: bool = typer.Option(False, "--open", help="Open the saved report in a browser."),
     url: bool = typer.Option(False, "--url", help="Print a link instead (presigned on S3)."),
     expires: int = typer.Option(3600, "--expires", min=60, max=7 * 24 * 3600, help="Link lifetime, seconds."),
@@ -181,7 +181,7 @@ def _json(store, key: str) -> dict:
 
 @app.command()
 def dashboard(
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File or folder to write it to "
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="File or folder to write it to "
                                           "(default: dashboard.html in the current folder)."),
     open_it: bool = typer.Option(False, "--open", help="Open it in a browser."),
 ) -> None:

@@ -36,7 +36,7 @@ def verified_model_bytes(store, which: str) -> tuple[str, bytes]:
 @app.command()
 def model(
     which: str = typer.Argument("production", help="`production` or a run id (or a unique prefix)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to save it (.keras)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="Where to save it (.keras)."),
 ) -> None:
     """Download a model (Keras 3 format), checked against its recorded SHA-256."""
     _, store = settings_and_store()
