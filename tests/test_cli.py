@@ -127,7 +127,6 @@ def test_report_saves_into_a_folder_or_refuses_a_missing_one_in_one_line(runs, c
     assert opened.code == 0 and f"no browser could be opened here; the report is at {tmp_path}/r.html" in opened.err
 
 
-
 def test_an_output_ending_in_a_slash_names_a_folder_that_must_exist(runs, cli, tmp_path):
     """`-o DIR/`: into DIR when it is a folder, refused in one line when it is not (it was
     written as a file named DIR, exit 0)."""

@@ -181,8 +181,9 @@ def _json(store, key: str) -> dict:
 
 @app.command()
 def dashboard(
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="File or folder to write it to "
-                                          "(default: dashboard.html in the current folder)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH",
+                                         help="File or folder to write it to (default: dashboard.html in the "
+                                              "current folder)."),
     open_it: bool = typer.Option(False, "--open", help="Open it in a browser."),
 ) -> None:
     """Every run on one page: accuracy over time against the gate and production, every decision
