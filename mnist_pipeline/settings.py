@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     def _empty_is_problems(cls, value: object) -> object:
         return "problems" if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("aws_default_region")
+    @classmethod
+    def _check_region(cls, value: str | None) -> str | None:
+        # botocore's own rule for a region name; checked here so that a typo is this one line
+        # naming the variable, not "unexpected InvalidRegionError" at the first request
+        if value and not re.fullmatch(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?", value):
+            raise ValueError("must be a region name such as us-east-1 (letters, digits and '-')")
+        return value
+
     @field_validator("dask_address")
     @classmethod
     def _check_dask(cls, value: str | None) -> str | None:
