@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 
 from mnist_pipeline import keys, registry
 from mnist_pipeline.store import LocalStore, file_record
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for
 from tests.fakes import cache_test_set, model_zoo, store_run
 
 CLI = str(Path(sys.executable).parent / "mnist-pipeline")
@@ -425,3 +426,67 @@ def test_no_command_creates_a_missing_store_folder(tmp_path, monkeypatch, capfd,
     assert code == 1 and not missing.exists() and "Traceback" not in captured.out + captured.err
     assert captured.err == f"error: no store at {missing}: no such folder; check MNIST_STORE_URL (a training " \
                            "run creates the store)\n"
+
+
+# -- case 13: Ctrl-C and SIGTERM, at any moment ----------------------------------------------------
+def takes_signals_over(pid: int) -> bool:
+    """Whether the console script's entry has taken the signals over: SIGTERM is caught (Python
+    alone catches only SIGINT). From then on, imports included, stopping it is ours to say; before,
+    Python is still starting (a signal then is Python's own: exit -2, or its start-up error)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def stopped(env: dict, tmp_path: Path, args: list[str], at: float | None, signum=signal.SIGINT) -> Child:
+    """`mnist-pipeline ARGS` sent `signum` as a terminal's Ctrl-C sends it, to its process group:
+    `at` seconds after it started, or (None) the moment its entry has taken the signals over."""
+    out_path, err_path = tmp_path / "stopped.out", tmp_path / "stopped.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        started = time.monotonic()
+        child = subprocess.Popen([CLI, *args], stdout=out, stderr=err, env=env, cwd=tmp_path, start_new_session=True)
+        if at is None:
+            wait_for(lambda: takes_signals_over(child.pid), 10, "the entry's signal handlers", 0.001)
+        else:
+            time.sleep(at)
+        assert child.poll() is None, f"{args} ended before the signal at {at} s"
+        os.killpg(child.pid, signum)
+        code = child.wait(60)
+    return Child(code, out_path.read_text(), err_path.read_text(), time.monotonic() - started, peak_mb=0.0)
+
+
+def command_and_its_time(env: dict, tmp_path: Path, args: list[str]) -> tuple[list[str], float]:
+    """ARGS (DIGIT: an image of a 7) and how long the command takes when nothing stops it
+    (promote's measured on a promotion that changes nothing: run-a is production already)."""
+    from tests.digit_images import png, render_digit
+
+    digit = tmp_path / "seven.png"
+    digit.write_bytes(png(render_digit(7, np.random.default_rng(0))))
+    args = [str(digit) if a == "DIGIT" else a for a in args]
+    whole = cli(env, tmp_path, *(["promote", "run-a"] if args[0] == "promote" else args))
+    assert whole.code == 0, whole.output
+    return args, whole.seconds
+
+
+@pytest.mark.parametrize("args", [["runs"], ["verify"], ["predict", "DIGIT"], ["promote", "run-b", "--allow-regression"]])
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130_production_unchanged(store, env, tmp_path, args):
+    """Before: during the imports (the first second) a 13-30 line KeyboardInterrupt traceback, exit
+    -2; while predict loaded TensorFlow, exit 130 and nothing said. Moments: as soon as the entry
+    has the signals, then fractions of the command's own time."""
+    args, seconds = command_and_its_time(env, tmp_path, args)
+    production = store.get("registry/production.json")
+    for at in (None, 0.1 * seconds, 0.25 * seconds, 0.45 * seconds):
+        child = stopped(env, tmp_path, args, at)
+        assert (child.code, child.one_error_line(), child.out) == \
+            (130, "error: interrupted by SIGINT; production unchanged", ""), (at, child.output)
+        assert store.get("registry/production.json") == production
+    print(f"\nEDGES Ctrl-C {args[0]}: stopped at 0 (entry), 10, 25, 45 % of {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("args", [["runs"], ["predict", "DIGIT"]])
+def test_sigterm_is_one_line_and_exit_143(store, env, tmp_path, args):
+    args, seconds = command_and_its_time(env, tmp_path, args)
+    for at in (None, 0.25 * seconds):
+        child = stopped(env, tmp_path, args, at, signal.SIGTERM)
+        assert (child.code, child.one_error_line(), child.out) == \
+            (143, "error: interrupted by SIGTERM; production unchanged", ""), (at, child.output)

@@ -1,66 +1,59 @@
 """`mnist-pipeline`: review stored runs, manage the production model, use it.
 
 Exit status: 0 done; 1 an error (one line on stderr, never a traceback); 2 bad arguments;
-3 a promotion or rollback refused by the gate (production unchanged). `verify` exits 1 when it
-finds problems, one line each.
+3 a promotion or rollback refused by the gate (production unchanged); 130/143 stopped by
+SIGINT/SIGTERM (one line; see interrupts.py). `verify` exits 1 when it finds problems, one line
+each.
+
+This module imports nothing heavy at its top: the console script imports it, then `run` takes
+SIGINT and SIGTERM over before Typer, the store and the commands are imported (a second or more).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
-import typer
-# Typer 0.29 vendors its own copy of click: its exceptions are not `click`'s.
-from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-
-from mnist_pipeline.cli import review, manage, use, data  # noqa: I001 (the order of --help)
-from mnist_pipeline.cli import common
-from mnist_pipeline.cli.common import app, err
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.redaction import redact
-from mnist_pipeline.startup import prepare_process
+from mnist_pipeline.cli import interrupts
 
 __all__ = ["app", "data", "main", "manage", "review", "use"]
 
 
-class _WarningLines(logging.Handler):
-    """Warnings from the store (retries) and the listings (foreign objects) as `warning: ...`,
-    each once per command (a listing read page by page meets the same stray key on every page)."""
-
-    def __init__(self, level: int):
-        super().__init__(level)
-        self.said: set[str] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        line = f"warning: {record.getMessage()}"
-        if line not in self.said:
-            self.said.add(line)
-            err.print(line, markup=False, highlight=False, soft_wrap=True)
+def __getattr__(name: str):
+    if name == "app":  # every command registered, on first use
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _setup_logging() -> None:
-    logger = logging.getLogger("mnist_pipeline")
-    handler = next((h for h in logger.handlers if isinstance(h, _WarningLines)), None)
-    if handler is None:
-        handler = _WarningLines(logging.WARNING)
-        logger.addHandler(handler)
-    handler.said.clear()  # a new command (tests call main() many times in one process)
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
+def _app():
+    # registers the commands, in the order of --help
+    from mnist_pipeline.cli import review, manage, use, data  # noqa: F401, I001
+    from mnist_pipeline.cli.common import app
+
+    return app
 
 
 def _one_line(message: str) -> None:
+    from mnist_pipeline.cli.common import err
+    from mnist_pipeline.redaction import redact
+
     err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """The console script: every way out is one line and an exit status, never a traceback
     (MNIST_DEBUG=1 shows the traceback of an unexpected error)."""
+    import typer
+    # Typer 0.29 vendors its own copy of click: its exceptions are not `click`'s.
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+    from mnist_pipeline.cli.common import err, setup_logging
+    from mnist_pipeline.errors import PipelineError
+    from mnist_pipeline.startup import prepare_process
+
     prepare_process()
-    _setup_logging()
-    command = typer.main.get_command(app)
+    setup_logging()
+    command = typer.main.get_command(_app())
     try:
         result = command.main(args=argv, prog_name="mnist-pipeline", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -90,5 +83,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    common.one_off_process = True
-    sys.exit(main())
+    """The console script's entry (pyproject.toml): the signals first, then the imports and the
+    command; once it has ended, its exit status stands whatever signal comes."""
+    interrupts.install()
+    try:
+        try:
+            from mnist_pipeline.cli import common
+
+            common.one_off_process = True
+            status = main()
+        finally:
+            interrupts.ignore()
+    except interrupts.Interrupted as exc:
+        interrupts.stop(exc.signum)
+    sys.exit(status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from datetime import datetime, timezone
@@ -24,6 +25,32 @@ app = typer.Typer(help="Review stored MNIST runs, manage the production model, a
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 EXIT_BLOCKED = 3
+
+
+class WarningLines(logging.Handler):
+    """Warnings from the store (retries) and the listings (foreign objects) as `warning: ...`,
+    each once per command (a listing read page by page meets the same stray key on every page)."""
+
+    def __init__(self, level: int):
+        super().__init__(level)
+        self.said: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = f"warning: {record.getMessage()}"
+        if line not in self.said:
+            self.said.add(line)
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("mnist_pipeline")
+    handler = next((h for h in logger.handlers if isinstance(h, WarningLines)), None)
+    if handler is None:
+        handler = WarningLines(logging.WARNING)
+        logger.addHandler(handler)
+    handler.said.clear()  # a new command (tests call main() many times in one process)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
 
 
 @app.callback()
