@@ -490,3 +490,40 @@ def test_sigterm_is_one_line_and_exit_143(store, env, tmp_path, args):
         child = stopped(env, tmp_path, args, at, signal.SIGTERM)
         assert (child.code, child.one_error_line(), child.out) == \
             (143, "error: interrupted by SIGTERM; production unchanged", ""), (at, child.output)
+
+
+# Ctrl-C exactly as a write begins: registry.promote or retention.collect sends it to its own process.
+SIGNAL_AS_THE_WRITE_BEGINS = """import os, signal, sys
+from mnist_pipeline import registry, retention
+module, name = {"promote": (registry, "promote"), "gc": (retention, "collect")}[sys.argv[1]]
+write = getattr(module, name)
+def signalled(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return write(*args, **kwargs)
+setattr(module, name, signalled)
+sys.argv = ["mnist-pipeline", *sys.argv[1:]]
+from mnist_pipeline.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize("args", [["promote", "run-b", "--allow-regression"], ["gc", "--keep-last", "1"]])
+def test_ctrl_c_during_a_write_waits_for_it_whole_and_the_exit_status_says_the_change(store, env, tmp_path, zoo,
+                                                                                      args):
+    """The write finishes (production.json and its history record; gc's marks and deletions), the
+    decision is said, then a warning of what may be missing; exit 0: production did change."""
+    store_run(store, "run-0", zoo[1], minutes_ago=30)  # older than both: gc collects it
+    child = run_child([sys.executable, "-c", SIGNAL_AS_THE_WRITE_BEGINS, *args], env, tmp_path)
+    assert child.code == 0 and "Traceback" not in child.output, child.output
+    assert child.err.splitlines() == ["warning: interrupted by SIGINT after the change was made: the store's "
+                                      "index.html may not show it yet"], child.output
+    if args[0] == "promote":
+        assert child.out.startswith("promoted: run-b is in production (")
+        assert json.loads(store.get("registry/production.json"))["run_id"] == "run-b"
+        last = registry.read_history(store)[-1]  # its history record, written too
+        assert (last["decision"], last["run_id"]) == ("promoted", "run-b")
+    else:
+        assert "deleted runs/run-0/model.keras" in child.out
+        assert re.fullmatch(r"deleted \d+ files of 1 runs, .* MB freed", child.out.splitlines()[-1]), child.out
+    audit = cli(env, tmp_path, "verify")
+    assert audit.code == 0 and audit.out.startswith("ok: "), audit.output

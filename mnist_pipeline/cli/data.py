@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from mnist_pipeline import data_versions, registry
+from mnist_pipeline.cli import interrupts
 from mnist_pipeline.cli.common import app, err, iso, out, print_table, say, warn
 from mnist_pipeline.data_versions import INGESTED_EVENT, VersionManifest
 from mnist_pipeline.errors import PipelineError
@@ -39,6 +40,7 @@ def ingest(
                                                            soft_wrap=True))
     m = result.manifest
     skipped = len(result.problems) + len(result.duplicates)
+    interrupts.finished(0, None)  # the version is stored, whole: a signal no longer changes the exit status
     say(f"data version {m.version}: {m.total:,} images from {m.source} ({m.train_images:,} to train on, "
         f"{m.holdout_images:,} held out){f'; {skipped} skipped' if skipped else ''}")
     problem = send_ingested_event(m, store.url, settings.deadline_s)
@@ -57,6 +59,8 @@ def send_ingested_event(manifest: VersionManifest, store_url: str, timeout_s: fl
 
     if not PREFECT_API_URL.value():
         return None
+    interrupts.finished(0, f"the {INGESTED_EVENT} event may not have been sent (the next scheduled run trains on "
+                           f"version {manifest.version})")
     from prefect.events import Event
     from prefect.events.clients import get_events_client
 

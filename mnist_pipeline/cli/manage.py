@@ -9,22 +9,29 @@ import typer
 from mnist_pipeline import audit, data_versions, registry, retention
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
+from mnist_pipeline.cli import interrupts
 from mnist_pipeline.cli.common import (EXIT_BLOCKED, app, err, load_keras_quietly, refresh_dashboard, say,
                                        settings_and_store, warn)
 from mnist_pipeline.runs import resolve_run
 
 REASON = typer.Option("", "--reason", help="Why: recorded in the history.")
 MIN_ACCURACY = typer.Option(None, "--min-accuracy", min=0.0, max=1.0, help="Threshold. Default: MNIST_MIN_ACCURACY.")
+# What a command stopped after its change may leave behind: the refresh that follows it.
+DASHBOARD_BEHIND = "the store's index.html may not show it yet"
 
 
-def _decision_exit(result: registry.PromotionResult, verb: str) -> None:
+def _decision(result: registry.PromotionResult, verb: str) -> int:
+    """Say the decision as soon as it is written; its exit status, which a signal from now on
+    no longer changes (production has changed, or the gate refused)."""
+    status = 0 if result.promoted else EXIT_BLOCKED
+    interrupts.finished(status, DASHBOARD_BEHIND)
     for warning in result.warnings:
         warn(warning)
     if result.promoted:
         say(f"{verb}: {result.production['run_id']} is in production ({result.reason})")
-        return
-    err.print(result.reason, markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_BLOCKED)
+    else:
+        err.print(result.reason, markup=False, highlight=False, soft_wrap=True)
+    return status
 
 
 @app.command()
@@ -50,13 +57,15 @@ def promote(
     run_id = resolve_run(store, run)
     load_keras_quietly()
     candidate = registry.stored_candidate(store, run_id, new_data=min_new_data_accuracy is not None)
-    result = registry.promote(
-        store, candidate, min_accuracy=settings.min_accuracy if min_accuracy is None else min_accuracy,
-        max_regression=max_regression, allow_regression=allow_regression, note=reason, force=force,
-        min_class_recall=settings.min_class_recall if min_class_recall is None else min_class_recall,
-        min_new_data_accuracy=min_new_data_accuracy)
+    with interrupts.held():  # production.json and its history record: whole, a signal waits for them
+        result = registry.promote(
+            store, candidate, min_accuracy=settings.min_accuracy if min_accuracy is None else min_accuracy,
+            max_regression=max_regression, allow_regression=allow_regression, note=reason, force=force,
+            min_class_recall=settings.min_class_recall if min_class_recall is None else min_class_recall,
+            min_new_data_accuracy=min_new_data_accuracy)
+        status = _decision(result, "promoted")
     refresh_dashboard(settings, store)
-    _decision_exit(result, "promoted")
+    raise typer.Exit(status)
 
 
 @app.command()
@@ -65,10 +74,12 @@ def rollback(reason: str = REASON, min_accuracy: Optional[float] = MIN_ACCURACY)
     that was rolled back). Its hash, a safe-mode load and the threshold are checked first."""
     settings, store = settings_and_store()
     load_keras_quietly()
-    result = registry.rollback(store, min_accuracy=settings.min_accuracy if min_accuracy is None else min_accuracy,
-                               note=reason)
+    with interrupts.held():  # as promote's; the target's checks (a second) are in the same registry call
+        result = registry.rollback(store, min_accuracy=settings.min_accuracy if min_accuracy is None else min_accuracy,
+                                   note=reason)
+        status = _decision(result, "rolled back")
     refresh_dashboard(settings, store)
-    _decision_exit(result, "rolled back")
+    raise typer.Exit(status)
 
 
 @app.command()
@@ -106,6 +117,7 @@ def gc(
     except PipelineError as exc:
         orphaned = []
         warn(f"orphaned dataset images are kept: {exc}")
+    interrupts.unchanged("nothing was deleted; production unchanged")
     if dry_run:
         for info in orphaned:
             say(f"would delete {info.key} ({info.size:,} bytes; images of no dataset version)")
@@ -115,13 +127,17 @@ def gc(
         say(f"dry run: {sum(map(len, todo.collect.values()))} files of {len(todo.collect)} runs, "
             f"{todo.bytes / 2**20:.1f} MB would be freed; nothing was deleted")
         return
-    for info in orphaned:
-        store.delete(info.key)
-        say(f"deleted {info.key} ({info.size:,} bytes; images of no dataset version)")
-    deleted, freed = retention.collect(store, todo, actor=registry.default_actor(), echo=say)
-    stale = store.clean_stale_temp()
-    for key in stale:
-        say(f"deleted {key} (a stale temporary file)")
+    # Marks, fence and deletions (retention.py) run whole: stopped between them, runs marked collected
+    # would keep their files until the next gc. A signal waits for them, however long they take.
+    with interrupts.held():
+        for info in orphaned:
+            store.delete(info.key)
+            say(f"deleted {info.key} ({info.size:,} bytes; images of no dataset version)")
+        deleted, freed = retention.collect(store, todo, actor=registry.default_actor(), echo=say)
+        stale = store.clean_stale_temp()
+        for key in stale:
+            say(f"deleted {key} (a stale temporary file)")
+        interrupts.finished(0, DASHBOARD_BEHIND)
+        say(f"deleted {deleted} files of {len(todo.collect)} runs, {freed / 2**20:.1f} MB freed"
+            f"{f'; {len(stale)} stale temporary files' if stale else ''}")
     refresh_dashboard(settings, store)
-    say(f"deleted {deleted} files of {len(todo.collect)} runs, {freed / 2**20:.1f} MB freed"
-        f"{f'; {len(stale)} stale temporary files' if stale else ''}")
