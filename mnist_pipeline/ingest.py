@@ -11,11 +11,13 @@ instead. Preparing runs in a process pool when there are enough images for it to
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import multiprocessing
 import os
 import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -157,7 +159,38 @@ def prepare_all(paths: list[str], workers: int | None = None) -> list[tuple[byte
         return [prepare(p) for p in paths]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with,
                              initargs=(os.getpid(),)) as pool:
-        return list(pool.map(prepare, paths, chunksize=max(16, len(paths) // (8 * workers))))
+        try:
+            with _workers_starting():  # they start during map
+                results = pool.map(prepare, paths, chunksize=max(16, len(paths) // (8 * workers)))
+            return list(results)
+        except BaseException:  # stopped (Ctrl-C, an error): what no worker has begun is dropped, not waited for
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+@contextlib.contextmanager
+def _workers_starting():
+    """While the workers start, SIGINT is blocked, so that they start with it blocked: a terminal's
+    Ctrl-C reaches the whole process group, and only the ingest's own process acts on it (a worker
+    raised it as a traceback). Meanwhile a SIGINT or SIGTERM waits, then comes again: a worker
+    whose start it interrupted died reading its start-up from this process, with a traceback.
+    SIGTERM is not blocked in the workers: a broken pool ends them with it."""
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
+        yield
+        return
+    caught: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in handlers.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def holdout_mask(hashes: list[str], labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from mnist_pipeline import keys, registry
+from mnist_pipeline import data_versions, keys, registry
 from mnist_pipeline.store import LocalStore, file_record
 from tests.conftest import REPO, wait_for
 from tests.fakes import cache_test_set, model_zoo, store_run
@@ -438,18 +439,21 @@ def takes_signals_over(pid: int) -> bool:
     return bool(caught >> (signal.SIGTERM - 1) & 1)
 
 
-def stopped(env: dict, tmp_path: Path, args: list[str], at: float | None, signum=signal.SIGINT) -> Child:
-    """`mnist-pipeline ARGS` sent `signum` as a terminal's Ctrl-C sends it, to its process group:
-    `at` seconds after it started, or (None) the moment its entry has taken the signals over."""
+def has_a_child_process(pid: int) -> bool:
+    return bool(psutil.Process(pid).children())
+
+
+def stopped(env: dict, tmp_path: Path, argv: list[str], at: float = 0.0, after=None, signum=signal.SIGINT) -> Child:
+    """ARGV sent `signum` as a terminal's Ctrl-C sends it, to its process group, `at` seconds
+    after it started, or after `after(pid)` holds (e.g. takes_signals_over)."""
     out_path, err_path = tmp_path / "stopped.out", tmp_path / "stopped.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
         started = time.monotonic()
-        child = subprocess.Popen([CLI, *args], stdout=out, stderr=err, env=env, cwd=tmp_path, start_new_session=True)
-        if at is None:
-            wait_for(lambda: takes_signals_over(child.pid), 10, "the entry's signal handlers", 0.001)
-        else:
-            time.sleep(at)
-        assert child.poll() is None, f"{args} ended before the signal at {at} s"
+        child = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=tmp_path, start_new_session=True)
+        if after:
+            wait_for(lambda: after(child.pid), 30, after.__name__, 0.001)
+        time.sleep(at)
+        assert child.poll() is None, f"{argv} ended before the signal ({after and after.__name__}, +{at} s)"
         os.killpg(child.pid, signum)
         code = child.wait(60)
     return Child(code, out_path.read_text(), err_path.read_text(), time.monotonic() - started, peak_mb=0.0)
@@ -475,8 +479,8 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130_production_unchanged(stor
     has the signals, then fractions of the command's own time."""
     args, seconds = command_and_its_time(env, tmp_path, args)
     production = store.get("registry/production.json")
-    for at in (None, 0.1 * seconds, 0.25 * seconds, 0.45 * seconds):
-        child = stopped(env, tmp_path, args, at)
+    for after, at in ((takes_signals_over, 0), (None, 0.1 * seconds), (None, 0.25 * seconds), (None, 0.45 * seconds)):
+        child = stopped(env, tmp_path, [CLI, *args], at, after)
         assert (child.code, child.one_error_line(), child.out) == \
             (130, "error: interrupted by SIGINT; production unchanged", ""), (at, child.output)
         assert store.get("registry/production.json") == production
@@ -486,10 +490,33 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130_production_unchanged(stor
 @pytest.mark.parametrize("args", [["runs"], ["predict", "DIGIT"]])
 def test_sigterm_is_one_line_and_exit_143(store, env, tmp_path, args):
     args, seconds = command_and_its_time(env, tmp_path, args)
-    for at in (None, 0.25 * seconds):
-        child = stopped(env, tmp_path, args, at, signal.SIGTERM)
+    for after, at in ((takes_signals_over, 0), (None, 0.25 * seconds)):
+        child = stopped(env, tmp_path, [CLI, *args], at, after, signal.SIGTERM)
         assert (child.code, child.one_error_line(), child.out) == \
             (143, "error: interrupted by SIGTERM; production unchanged", ""), (at, child.output)
+
+
+INGEST_WITH_A_POOL = """import sys
+import mnist_pipeline.ingest as i
+i.POOL_FROM_IMAGES = 0  # a pool however few the images
+sys.argv = ["mnist-pipeline", "ingest", sys.argv[1]]
+from mnist_pipeline.cli import run
+run()
+"""
+
+
+def test_ctrl_c_while_ingest_starts_its_workers_is_one_line_and_stores_nothing(store, env, tmp_path):
+    """A terminal's Ctrl-C reaches the pool's workers too. Before: each worker still starting
+    printed its own KeyboardInterrupt traceback, and the resource tracker its leaked semaphores
+    (40-80 lines)."""
+    from tests.digit_images import write_folder
+
+    folder = write_folder(tmp_path / "digits", 60)
+    for at in (0.0, 0.05, 0.15):
+        child = stopped(env, tmp_path, [sys.executable, "-c", INGEST_WITH_A_POOL, str(folder)], at, has_a_child_process)
+        assert (child.code, child.one_error_line(), child.out) == \
+            (130, "error: interrupted by SIGINT; production unchanged", ""), (at, child.output)
+        assert data_versions.list_versions(store) == []
 
 
 # Ctrl-C exactly as a write begins: registry.promote or retention.collect sends it to its own process.
