@@ -519,6 +519,29 @@ def test_ctrl_c_while_ingest_starts_its_workers_is_one_line_and_stores_nothing(s
         assert data_versions.list_versions(store) == []
 
 
+SLOW_VERIFY = """import sys, time
+from pathlib import Path
+from mnist_pipeline import audit
+check_run = audit.check_run
+def slowly(*args, **kwargs):  # a large S3 store's reads, queued in verify's thread pool
+    Path("reading").touch()
+    time.sleep(30)
+    return check_run(*args, **kwargs)
+audit.check_run = slowly
+sys.argv = ["mnist-pipeline", "verify"]
+from mnist_pipeline.cli import run
+run()
+"""
+
+
+def test_ctrl_c_while_verify_waits_for_its_thread_pool_ends_it_within_seconds(store, env, tmp_path):
+    """Unwinding waits for a thread pool to finish its queue: the process ends in one line anyway,
+    a grace of seconds later (interrupts.GRACE_S), not once every read is done."""
+    child = stopped(env, tmp_path, [sys.executable, "-c", SLOW_VERIFY], 0.2,
+                    lambda pid: (tmp_path / "reading").exists())
+    assert (child.code, child.one_error_line()) == (130, "error: interrupted by SIGINT; production unchanged")
+    assert child.seconds < 20, child.seconds
+
 # Ctrl-C exactly as a write begins: registry.promote or retention.collect sends it to its own process.
 SIGNAL_AS_THE_WRITE_BEGINS = """import os, signal, sys
 from mnist_pipeline import registry, retention
