@@ -148,6 +148,12 @@ class Settings(BaseSettings):
                                  "segments: write s3://BUCKET/SOME/PREFIX")
         elif "://" in value or _SCHEME_LIKE.match(value):
             raise ValueError("must be s3://BUCKET[/PREFIX] or a local folder path")
+        elif value.startswith("~"):
+            try:
+                Path(value).expanduser()
+            except RuntimeError:  # `~name/...` for a user this machine does not have
+                raise ValueError("starts with a home folder ('~...') this machine cannot find: give the "
+                                 "folder's full path") from None
         return value
 
     @field_validator("aws_endpoint_url_s3", "s3_public_url")

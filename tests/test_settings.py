@@ -38,6 +38,7 @@ def test_environment_is_read(monkeypatch):
     ("AWS_ENDPOINT_URL_S3", "localhost:9000", "http://"),
     ("MNIST_MIN_CLASS_RECALL", "1.2", "less than or equal to 1"),
     ("AWS_DEFAULT_REGION", "bad region!", "a region name such as us-east-1"),
+    ("MNIST_STORE_URL", "~no-such-user-here/store", "a home folder ('~...') this machine cannot find"),
 ])
 def test_invalid_value_is_one_line_naming_the_variable(monkeypatch, name, value, needle):
     monkeypatch.setenv(name, value)
