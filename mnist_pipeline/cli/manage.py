@@ -39,8 +39,10 @@ def promote(
     run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
     reason: str = REASON,
     min_accuracy: Optional[float] = MIN_ACCURACY,
-    max_regression: float = typer.Option(DEFAULT_MAX_REGRESSION, min=0.0, max=1.0),
-    allow_regression: bool = typer.Option(False, "--allow-regression"),
+    max_regression: float = typer.Option(DEFAULT_MAX_REGRESSION, min=0.0, max=1.0,
+                                         help="how far below production's accuracy the run may be"),
+    allow_regression: bool = typer.Option(False, "--allow-regression",
+                                          help="promote it however far below production (never below the threshold)"),
     force: bool = typer.Option(False, "--force", help="Replace a damaged production.json or production "
                                "model (its bytes are kept in the history record); the threshold still applies."),
     min_class_recall: Optional[float] = typer.Option(
