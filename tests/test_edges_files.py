@@ -542,6 +542,41 @@ def test_ctrl_c_while_verify_waits_for_its_thread_pool_ends_it_within_seconds(st
     assert (child.code, child.one_error_line()) == (130, "error: interrupted by SIGINT; production unchanged")
     assert child.seconds < 20, child.seconds
 
+# The signal's exception raised where Python turns it into another, or drops it.
+DISGUISED = """import os, signal, sys, time
+import mnist_pipeline.store as store
+open_store, where = store.open_store, sys.argv[1]
+class Named:
+    def __set_name__(self, owner, name):  # Python 3.11 wraps what this raises in a RuntimeError
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000): pass
+class Finalised:
+    def __del__(self):  # what this raises is dropped, with an "Exception ignored" traceback
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000): pass
+def interrupted(*args, **kwargs):
+    if where == "__set_name__":
+        type("Owner", (), {"attribute": Named()})
+    else:
+        Finalised()
+        time.sleep(10)  # the command would go on
+    return open_store(*args, **kwargs)
+store.open_store = interrupted
+sys.argv = ["mnist-pipeline", "runs"]
+from mnist_pipeline.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize("where", ["__set_name__", "__del__"])
+def test_an_interruption_python_wraps_or_drops_is_still_one_line_and_exit_130(store, env, tmp_path, where):
+    """Before: "error: unexpected RuntimeError: Error calling __set_name__ ...", exit 1 (seen
+    during the imports); an "Exception ignored" traceback, and the command went on."""
+    child = run_child([sys.executable, "-c", DISGUISED, where], env, tmp_path)
+    assert (child.code, child.one_error_line(), child.out) == \
+        (130, "error: interrupted by SIGINT; production unchanged", ""), child.output
+    assert child.seconds < 8, child.seconds  # the dropped one: the watch's grace, not the 10 s
+
 # Ctrl-C exactly as a write begins: registry.promote or retention.collect sends it to its own process.
 SIGNAL_AS_THE_WRITE_BEGINS = """import os, signal, sys
 from mnist_pipeline import registry, retention

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         _one_line(str(exc))
         return 1
     except Exception as exc:
-        if os.environ.get("MNIST_DEBUG"):
+        if interrupts.within(exc) or os.environ.get("MNIST_DEBUG"):
             raise
         _one_line(f"unexpected {type(exc).__name__}: {exc} (MNIST_DEBUG=1 shows where)")
         return 1
@@ -94,6 +94,9 @@ def run() -> None:
             status = main()
         finally:
             interrupts.ignore()
-    except interrupts.Interrupted as exc:
-        interrupts.stop(exc.signum)
+    except BaseException as exc:
+        stopped_by = interrupts.within(exc)
+        if stopped_by is None:
+            raise
+        interrupts.stop(stopped_by.signum)
     sys.exit(status)

@@ -38,17 +38,20 @@ class Interrupted(BaseException):
 # The signal received (first only), whether it was raised, how many held writes are under way,
 # what to say if stopped now; `ending` is set once the main thread has raised it (the watch's cue).
 _state: dict = {"signal": None, "raised": False, "holding": 0, "unchanged": "production unchanged",
-                "finished": None, "stderr": None, "ending": threading.Event(), "said": threading.Lock()}
+                "finished": None, "over": False, "stderr": None, "ending": threading.Event(),
+                "said": threading.Lock()}
 
 
 def install() -> None:
     """The console script's first call: a signal from here on ends the process in one line."""
-    _state.update(signal=None, raised=False, holding=0, unchanged="production unchanged", finished=None)
+    _state.update(signal=None, raised=False, holding=0, unchanged="production unchanged", finished=None, over=False)
     try:  # the line's own copy of stderr: it is said even while TensorFlow's start-up is hidden
         _state["stderr"] = os.dup(2)
     except OSError:
         _state["stderr"] = None
     threading.Thread(target=_watch, name="interrupt-watch", daemon=True).start()  # now: not from a handler
+    _unraisable.previous = sys.unraisablehook
+    sys.unraisablehook = _unraisable
     for signum in SIGNALS:
         signal.signal(signum, _handler)
 
@@ -56,8 +59,21 @@ def install() -> None:
 def ignore() -> None:
     """The command has ended: its exit status stands, a late signal changes nothing (it made
     the interpreter's exit end by the signal, a silent -2 after complete output)."""
+    _state["over"] = True
     for signum in SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def within(exc: BaseException | None) -> Interrupted | None:
+    """The Interrupted that `exc` is or was raised from: Python 3.11 turns one raised while a
+    class is made (in a `__set_name__`, seen during imports) into a RuntimeError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Interrupted):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def unchanged(what: str) -> None:
@@ -98,14 +114,23 @@ def _raise() -> None:  # never returns
     raise Interrupted(_state["signal"])
 
 
+def _unraisable(info) -> None:
+    """Raised where Python cannot raise (a `__del__`, a garbage collector's callback), Interrupted
+    is dropped: no "Exception ignored" traceback; the watch ends the command GRACE_S later."""
+    if not isinstance(info.exc_value, Interrupted):
+        _unraisable.previous(info)
+
+
 def _watch() -> None:
     """Ends the process GRACE_S after the signal was raised if the main thread has not by then
-    (a thread pool's queue), never while a write is held."""
+    (a thread pool's queue, a dropped Interrupted), never while a write is held, nor once the
+    command has ended on its own."""
     _state["ending"].wait()
     time.sleep(GRACE_S)
     while _state["holding"]:
         time.sleep(0.05)
-    stop(_state["signal"])
+    if not _state["over"]:
+        stop(_state["signal"])
 
 
 def stop(signum: int) -> None:  # never returns
