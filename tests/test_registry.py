@@ -196,6 +196,8 @@ def test_a_damaged_production_json_is_one_line_and_never_overwritten(store, runs
         promote(store, "a")
     message = str(err.value)
     assert message.startswith("registry/production.json is damaged: ") and problem in message
+    assert message.endswith("; run `mnist-pipeline verify` for the full picture; `mnist-pipeline promote RUN "
+                            "--force` replaces it, keeping its bytes in the history")
     assert "\n" not in message and production_bytes(store) == content
     with pytest.raises(DamagedRegistry):
         registry.rollback(store, min_accuracy=MIN)

@@ -82,13 +82,18 @@ def _problem(exc: ValidationError) -> str:
     return f"{where + ': ' if where else ''}{err['msg']}"
 
 
+# The way out of a damaged production.json, named where it is met (docs/registry.md).
+FORCE_HINT = "`mnist-pipeline promote RUN --force` replaces it, keeping its bytes in the history"
+
+
 def _parse(model: type[BaseModel], key: str, data: bytes):
+    hint = f"{VERIFY_HINT}; {FORCE_HINT}" if key == keys.PRODUCTION else VERIFY_HINT
     try:
         return model.model_validate(json.loads(data))
     except json.JSONDecodeError as exc:
-        raise DamagedRegistry(f"{key} is damaged: not JSON ({exc.msg} at byte {exc.pos}); {VERIFY_HINT}") from None
+        raise DamagedRegistry(f"{key} is damaged: not JSON ({exc.msg} at byte {exc.pos}); {hint}") from None
     except ValidationError as exc:
-        raise DamagedRegistry(f"{key} is damaged: {_problem(exc)}; {VERIFY_HINT}") from None
+        raise DamagedRegistry(f"{key} is damaged: {_problem(exc)}; {hint}") from None
 
 
 def parse_production(data: bytes) -> Production:
