@@ -113,12 +113,13 @@ def replay(records: list[registry.HistoryRecord]) -> tuple[str | None, list[str]
 
 def _stack_of_damaged(kept: object) -> list[str]:
     """The rollback stack of the production.json that `promote --force` replaced, from the bytes
-    its history record keeps: what that promotion carried over ([] when they do not parse)."""
+    its history record keeps, read as promotion read them: its stack carried over when they parse
+    as a production record, none when they do not (registry/promotion.py `_read_for_update`)."""
     try:
-        damaged = json.loads(base64.b64decode(kept["base64"]))
-        return [entry["run_id"] for entry in damaged["stack"]]
-    except (TypeError, KeyError, ValueError):
+        damaged = registry.parse_production(base64.b64decode(kept["base64"]))
+    except (TypeError, KeyError, ValueError, PipelineError):
         return []
+    return [entry.run_id for entry in damaged.stack]
 
 
 def check_history(store: ArtifactStore, audit: Audit, production: registry.Production | None,

@@ -221,7 +221,7 @@ def test_verify_names_a_production_that_the_history_contradicts_in_one_line(stor
         "registry/production.json names b with rollback stack ['a'], but the history says a with []"]
 
 
-@pytest.mark.parametrize("damage", ["not JSON", "its model"])
+@pytest.mark.parametrize("damage", ["not JSON", "a string accuracy", "its model"])
 def test_verify_is_clean_after_promote_force_replaced_a_damaged_production(store, runs, zoo, damage):
     """The history keeps the damaged production.json's bytes; the replay carries over the stack
     the forced promotion kept (none when those bytes do not parse)."""
@@ -230,11 +230,14 @@ def test_verify_is_clean_after_promote_force_replaced_a_damaged_production(store
     assert promote(store, "c").promoted and promote(store, "b").promoted
     if damage == "not JSON":
         store.put(keys.PRODUCTION, b'{"run_id": "b", ')
+    elif damage == "a string accuracy":  # JSON with c on its stack, but not a production record
+        current = json.loads(production_bytes(store))
+        store.put(keys.PRODUCTION, json.dumps(dict(current, test_accuracy="0.98")).encode())
     else:
         store.put("runs/b/model.keras", zoo[3].data)  # production's model swapped
     assert promote(store, "a", force=True).promoted
     stack = [e.run_id for e in registry.read_production(store)[0].stack]
-    assert stack == ([] if damage == "not JSON" else ["c"])
+    assert stack == (["c"] if damage == "its model" else [])
     problems = verify(store).problems
     assert not [p for p in problems if "history" in p], problems
 
