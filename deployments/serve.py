@@ -33,13 +33,13 @@ TAGS = ["mnist", "training"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cron", default=os.environ.get("MNIST_CRON", DEFAULT_CRON),
+    p.add_argument("--cron", default=os.environ.get("MNIST_CRON") or DEFAULT_CRON,
                    help=f"cron schedule (default: $MNIST_CRON, else '{DEFAULT_CRON}')")
-    p.add_argument("--timezone", default=os.environ.get("MNIST_TIMEZONE", "UTC"),
+    p.add_argument("--timezone", default=os.environ.get("MNIST_TIMEZONE") or "UTC",
                    help="the cron's time zone, e.g. Europe/Berlin (default: $MNIST_TIMEZONE, else UTC)")
     p.add_argument("--name", default=DEPLOYMENT_NAME,
                    help=f"the deployment's name: runs are mnist-training/NAME (default: {DEPLOYMENT_NAME})")
-    p.add_argument("--parameters", default=os.environ.get("MNIST_DEPLOYMENT_PARAMETERS", "{}"),
+    p.add_argument("--parameters", default=os.environ.get("MNIST_DEPLOYMENT_PARAMETERS") or "{}",
                    help='the deployment\'s default run parameters as JSON, e.g. \'{"model": "cnn"}\' '
                         "(default: $MNIST_DEPLOYMENT_PARAMETERS, else the flow's own defaults)")
     return p
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         parameters=parameters,
         tags=TAGS,
         description="Nightly MNIST training; promotes only a model that passes the gate.",
-        version=os.environ.get("MNIST_PIPELINE_VERSION"),
+        version=os.environ.get("MNIST_PIPELINE_VERSION") or None,
         # One run at a time, server-enforced: two runs never race a promotion; extra runs queue.
         global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         limit=1,

@@ -53,7 +53,9 @@ _SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # `s3:/bkt`: a URL who
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # An empty variable is an unset one (compose passes `${X:-}` as ""), except MNIST_STORE_URL:
+    # see load_settings.
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, env_ignore_empty=True)
 
     store_url: str = Field(DEFAULT_STORE_URL, validation_alias="MNIST_STORE_URL")
     mirrors: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -68,7 +70,8 @@ class Settings(BaseSettings):
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
     aws_default_region: str | None = Field(None, validation_alias="AWS_DEFAULT_REGION")
     # boto3's own retry settings, read here only to give them our defaults when unset.
-    aws_max_attempts: int = Field(4, ge=1, le=20, validation_alias="AWS_MAX_ATTEMPTS")
+    # No upper bound: MNIST_DEADLINE_S ends the retries of one operation, as boto3 does not.
+    aws_max_attempts: int = Field(4, ge=1, validation_alias="AWS_MAX_ATTEMPTS")
     aws_retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
         "standard", validation_alias="AWS_RETRY_MODE")
     # Ours: the longest one store operation may take, its retries included; a mirror download
@@ -193,6 +196,11 @@ def _env_name(loc: str) -> str:
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment; a bad value is a one-line ConfigError naming the variable."""
+    if "store_url" not in overrides and os.environ.get("MNIST_STORE_URL") == "":
+        # Not taken for unset: an empty store URL is most often `s3://$BUCKET` gone wrong, and the
+        # default folder would take the runs that belong in the bucket.
+        raise ConfigError("MNIST_STORE_URL is invalid: is empty; give s3://BUCKET[/PREFIX] or a folder, "
+                          "or unset it for the default folder")
     try:
         return Settings(**overrides)
     except ValidationError as exc:

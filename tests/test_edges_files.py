@@ -398,6 +398,16 @@ def test_serve_refuses_a_bad_schedule_or_parameters_in_one_line_naming_option_an
     assert not (tmp_path / "store").exists()
 
 
+def test_serve_takes_an_empty_variable_for_unset(monkeypatch):
+    """Compose passes `${MNIST_CRON:-}` and friends as "": the defaults, as for the settings."""
+    from deployments import serve
+
+    for name in ("MNIST_CRON", "MNIST_TIMEZONE", "MNIST_DEPLOYMENT_PARAMETERS"):
+        monkeypatch.setenv(name, "")
+    args = serve.build_parser().parse_args([])
+    assert (args.cron, args.timezone, args.parameters) == (serve.DEFAULT_CRON, "UTC", "{}")
+
+
 @pytest.mark.parametrize("module,argv,line", [
     ("train_flow", ["--batch-size", "1.5"], "error: argument --batch-size: invalid int value: '1.5'"),
     ("train_flow", ["--epohcs", "3"], "error: unrecognized arguments: --epohcs 3"),

@@ -1,7 +1,7 @@
 import pytest
 
 from mnist_pipeline.errors import ConfigError
-from mnist_pipeline.settings import PUBLIC_MIRRORS, load_settings
+from mnist_pipeline.settings import PUBLIC_MIRRORS, Settings, load_settings
 
 pytestmark = pytest.mark.unit  # no server, no training: `make test-unit`
 
@@ -46,6 +46,32 @@ def test_invalid_value_is_one_line_naming_the_variable(monkeypatch, name, value,
         load_settings()
     message = str(err.value)
     assert message.startswith(f"{name} is invalid") and needle in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["MNIST_MIN_ACCURACY", "MNIST_MIRRORS", "MNIST_DEADLINE_S", "AWS_MAX_ATTEMPTS",
+                                  "AWS_RETRY_MODE", "MNIST_NOTIFY_ON", "MNIST_KEEP_LAST", "MNIST_MIN_CLASS_RECALL",
+                                  "AWS_ENDPOINT_URL_S3", "MNIST_S3_PUBLIC_URL", "AWS_DEFAULT_REGION"])
+def test_an_empty_variable_is_an_unset_one(monkeypatch, name):
+    """As compose passes `${X:-}`: before, five of these were an error and the rest unset."""
+    field = next(f for f, info in Settings.model_fields.items() if name in str(info.validation_alias))
+    monkeypatch.delenv(name, raising=False)
+    unset = getattr(load_settings(), field)
+    monkeypatch.setenv(name, "")
+    assert getattr(load_settings(), field) == unset
+
+
+def test_an_empty_store_url_is_refused_not_taken_for_the_default_folder(monkeypatch):
+    monkeypatch.setenv("MNIST_STORE_URL", "")
+    with pytest.raises(ConfigError, match=r"^MNIST_STORE_URL is invalid: is empty; give s3://BUCKET"):
+        load_settings()
+
+
+def test_many_attempts_are_boto3s_to_take_the_deadline_bounds_them(monkeypatch):
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "50")
+    assert load_settings().aws_max_attempts == 50
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "0")
+    with pytest.raises(ConfigError, match="^AWS_MAX_ATTEMPTS is invalid"):
+        load_settings()
 
 
 @pytest.mark.parametrize("url", ["s3://AKIAKEY:SUPERSECRET-123@my-bucket", "s3://AKIAKEY:SUPER/SECRET-123@my-bucket/a",
