@@ -429,7 +429,7 @@ class S3Store(ArtifactStore):
     AWS_RETRY_MODE) within MNIST_DEADLINE_S per operation; each attempt has its own connect and
     read timeouts."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, create: bool = True):
         rest = settings.store_url[len("s3://"):]
         self.bucket, _, prefix = rest.partition("/")
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -439,7 +439,7 @@ class S3Store(ArtifactStore):
         self._client = self._make_client(settings.aws_endpoint_url_s3, settings.aws_max_attempts)
         _Deadlines(settings.deadline_s, settings.aws_max_attempts).register(self._client.meta.events)
         self._public = None  # a second client, for links signed for the browser's endpoint
-        self._ensure_bucket()
+        self._ensure_bucket(create)
 
     def _make_client(self, endpoint: str | None, max_attempts: int):
         import boto3
@@ -508,7 +508,7 @@ class S3Store(ArtifactStore):
             return StoreUnavailable(f"{what}: S3 server error {status} ({code})")
         return StoreError(f"{what}: S3 error {code or status}")
 
-    def _ensure_bucket(self) -> None:
+    def _ensure_bucket(self, create: bool) -> None:
         from botocore.exceptions import ClientError
 
         with self._errors(f"bucket {self.bucket}"):
@@ -518,6 +518,9 @@ class S3Store(ArtifactStore):
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchBucket", "NotFound"}:
                     raise
+            if not create:  # as for a folder: a mistyped bucket is not made into an empty store
+                raise StoreError(f"no store at {self.url}: bucket {self.bucket!r} does not exist; check "
+                                 "MNIST_STORE_URL (a training run creates the bucket)")
             kwargs = {"Bucket": self.bucket}
             region = self._settings.aws_default_region or "us-east-1"
             if region != "us-east-1":
@@ -654,7 +657,7 @@ class S3Store(ArtifactStore):
 
 
 def open_store(settings: Settings, create: bool = True) -> ArtifactStore:
-    """`create=False`: a missing store folder is an error (a missing bucket is still created)."""
+    """`create=False`: a missing store folder or bucket is an error, not created."""
     if settings.is_s3:
-        return S3Store(settings)
+        return S3Store(settings, create)
     return LocalStore(settings.local_store_path(), create)

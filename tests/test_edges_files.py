@@ -439,6 +439,29 @@ def test_no_command_creates_a_missing_store_folder(tmp_path, monkeypatch, capfd,
                            "run creates the store)\n"
 
 
+
+@pytest.mark.parametrize("args", [["runs"], ["history"], ["verify"], ["gc", "--keep-last", "1"], ["model"],
+                                  ["rollback"], ["data"], ["dashboard"]])
+def test_no_command_creates_a_missing_bucket(s3_env, tmp_path, monkeypatch, capfd, args):
+    """As for a folder: a mistyped bucket was created, and then looked like an empty store."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from mnist_pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)  # `model` and `dashboard` would write here
+    code = main(args)
+    captured = capfd.readouterr()
+    url, bucket = s3_env["MNIST_STORE_URL"], s3_env["MNIST_STORE_URL"][len("s3://"):]
+    assert code == 1 and "Traceback" not in captured.out + captured.err
+    assert captured.err == f"error: no store at {url}: bucket {bucket!r} does not exist; check MNIST_STORE_URL " \
+                           "(a training run creates the bucket)\n"
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                          aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
+    with pytest.raises(ClientError, match="404|NoSuchBucket|Not Found"):
+        client.head_bucket(Bucket=bucket)
+
 # -- case 13: Ctrl-C and SIGTERM, at any moment ----------------------------------------------------
 def takes_signals_over(pid: int) -> bool:
     """Whether the console script's entry has taken the signals over: SIGTERM is caught (Python
