@@ -14,6 +14,7 @@ import numpy as np
 from mnist_pipeline import keys
 from mnist_pipeline.dataset import FILES
 from mnist_pipeline.errors import NotFoundInStore, PipelineError
+from mnist_pipeline.runs import why_missing
 from mnist_pipeline.stats import mcnemar_exact
 
 TEST_IMAGES = FILES["t10k-labels-idx1-ubyte"].dims[0]  # a stored prediction file holds one for each
@@ -37,8 +38,8 @@ def stored_predictions(store, run_id: str) -> np.ndarray:
     try:
         data = store.get(key)
     except NotFoundInStore:
-        raise PipelineError(f"run {run_id} has no stored predictions ({key}): the run did not finish, "
-                            "or `mnist-pipeline gc` collected them") from None
+        raise PipelineError(f"run {run_id} has no stored predictions ({key}): "
+                            f"{why_missing(store, run_id, key)}") from None
     return predictions_from_npy(data, key)
 
 

@@ -76,6 +76,15 @@ def resolve_run(store: ArtifactStore, prefix: str) -> str:
     raise PipelineError(f"run prefix {prefix!r} is ambiguous ({len(matches)} runs); give more characters")
 
 
+def why_missing(store: ArtifactStore, run_id: str, key: str) -> str:
+    """Why a run's file is not in the store, for the error that names it."""
+    if key in registry.collected_files(store, run_id):
+        return "`mnist-pipeline gc` collected it"
+    if store.exists(keys.manifest(run_id)):  # the manifest is a run's last file
+        return "the run finished, so it was deleted since; `mnist-pipeline verify` audits the store"
+    return "the run did not finish"
+
+
 def _json(store: ArtifactStore, key: str) -> dict | None:
     try:
         value = json.loads(store.get(key))

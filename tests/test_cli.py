@@ -155,6 +155,23 @@ def test_the_json_listings_of_an_empty_store_are_empty_lists(store, cli):
         f"error: no runs in {store.url} yet; run `python flows/train_flow.py` first"
 
 
+def test_a_missing_file_of_a_run_says_why_it_is_missing(runs, cli, store):
+    """A finished run's deleted report was "the run did not finish"; what gc collected, and what
+    a run that died never wrote, are told apart from it."""
+    store.delete(keys.report("run-b"))
+    deleted = cli("report", "run-b")
+    assert deleted.code == 1 and error_line(deleted) == "error: run run-b has no report.html: the run finished, " \
+        "so it was deleted since; `mnist-pipeline verify` audits the store"
+    store.delete(keys.report("run-c"))
+    store.delete(keys.manifest("run-c"))
+    unfinished = cli("report", "run-c")
+    assert unfinished.code == 1 and error_line(unfinished) == "error: run run-c has no report.html: the run did not finish"
+    assert cli("promote", "run-a").code == 0 and cli("gc", "--keep-last", "1").code == 0
+    collected = cli("compare", "run-d", "run-b")  # gc kept the newest, run-d
+    assert collected.code == 1 and error_line(collected) == "error: run run-b has no stored predictions " \
+        f"({keys.predictions('run-b')}): `mnist-pipeline gc` collected it"
+
+
 def test_compare_marks_differences_with_deltas_and_mcnemar(runs, cli, zoo, mnist_mirror):
     result = cli("compare", "run-a", "run-d")
     assert result.code == 0, result.err

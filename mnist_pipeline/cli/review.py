@@ -13,7 +13,7 @@ from mnist_pipeline.cli.common import app, iso, out, output_path, print_table, s
 from mnist_pipeline.comparison import compare_predictions, stored_predictions
 from mnist_pipeline.dataset import load_test_labels
 from mnist_pipeline.errors import NotFoundInStore, PipelineError
-from mnist_pipeline.runs import newest_runs, no_runs_error, resolve_run, run_folders
+from mnist_pipeline.runs import newest_runs, no_runs_error, resolve_run, run_folders, why_missing
 
 LIMIT = typer.Option(20, "--limit", "-n", min=1, help="How many, newest first.")
 ALL = typer.Option(False, "--all", help="Everything, not just the newest page.")
@@ -90,7 +90,7 @@ def report(
     run_id = resolve_run(store, run)
     key = keys.report(run_id)
     if not store.exists(key):
-        raise PipelineError(f"run {run_id} has no report.html (the run did not finish)")
+        raise PipelineError(f"run {run_id} has no report.html: {why_missing(store, run_id, key)}")
     if url:
         link = store.link(key, expires)
         say(link or store.location(key))
