@@ -8,9 +8,11 @@ Keras and TensorFlow are imported inside the functions: importing this module lo
 
 from __future__ import annotations
 
+import io
 import math
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -312,6 +314,8 @@ def model_from_bytes(data: bytes, what: str = "model"):
     """Load with safe_mode=True: a model carrying code (a Lambda layer) is refused, not run."""
     import keras
 
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # Keras would say "File not found" of its temp copy
+        raise UnsafeModel(f"{what} does not load as a Keras model: it is not a .keras file (a zip archive)")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         path.write_bytes(data)
@@ -321,6 +325,13 @@ def model_from_bytes(data: bytes, what: str = "model"):
             if "safe_mode" in str(exc) or "Lambda" in str(exc):
                 raise UnsafeModel(f"{what} contains arbitrary code (e.g. a Lambda layer) and was "
                                   "refused by Keras safe mode") from None
-            raise UnsafeModel(f"{what} does not load as a Keras model: {exc}") from None
+            raise UnsafeModel(f"{what} does not load as a Keras model: {_one_line(exc, tmp, what)}") from None
         except Exception as exc:  # corrupt zip, missing weights, ...
-            raise UnsafeModel(f"{what} does not load as a Keras model: {type(exc).__name__}: {exc}") from None
+            raise UnsafeModel(f"{what} does not load as a Keras model: {type(exc).__name__}: "
+                              f"{_one_line(exc, tmp, what)}") from None
+
+
+def _one_line(exc: Exception, tmp: str, what: str, limit: int = 300) -> str:
+    """Keras's message, naming the stored object rather than its temporary copy, on one line."""
+    text = " ".join(str(exc).replace(str(Path(tmp) / "model.keras"), what).replace(tmp, "(temporary folder)").split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -123,6 +123,33 @@ def test_the_cnn_trains_and_its_stored_model_loads_in_safe_mode(small, local_sto
     assert "average of 2 networks" in result.weights
 
 
+@pytest.mark.parametrize("files,needle", [
+    (None, "it is not a .keras file (a zip archive)"),
+    ({"metadata.json": "{}"}, "KeyError: \"There is no item named 'config.json' in the archive\""),
+    ({"config.json": '{"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense"}]}}',
+      "metadata.json": "{}"}, "TypeError: Could not locate class 'Sequential'."),
+])
+def test_a_stored_model_that_does_not_load_is_one_line_naming_its_key_never_a_temporary_path(files, needle):
+    """Keras said "File not found: filepath=/tmp/tmpXXXX/model.keras" of a file that was there."""
+    import io
+    import zipfile
+
+    from mnist_pipeline.errors import UnsafeModel
+
+    data = b"not a zip at all"
+    if files is not None:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, text in files.items():
+                archive.writestr(name, text)
+        data = buffer.getvalue()
+    with pytest.raises(UnsafeModel) as refused:
+        model_from_bytes(data, "runs/run-x/model.keras")
+    line = str(refused.value)
+    assert line.startswith("runs/run-x/model.keras does not load as a Keras model: ") and needle in line
+    assert "\n" not in line and len(line) < 400 and "/tmp" not in line and "tmp" not in line.split(": ", 1)[1]
+
+
 def test_a_progress_bar_that_cannot_be_updated_is_one_warning_and_the_training_goes_on(small, local_store,
                                                                                       monkeypatch, caplog):
     """Its API call failing (Prefect's retries spent, the server gone) aborted the training."""
