@@ -45,6 +45,14 @@ class StoreError(PermanentError):
     """The store refused for a reason retrying will not fix (credentials, permissions, no space)."""
 
 
+class StoreFull(StoreError):
+    """No space left on the folder store's disk (or quota); `problem` says what failed, no hint."""
+
+    def __init__(self, problem: str, hint: str):
+        super().__init__(f"{problem}; {hint}")
+        self.problem = problem
+
+
 class StoreUnavailable(TransientError):
     """The store endpoint did not answer in time."""
 

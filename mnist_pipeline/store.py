@@ -33,6 +33,7 @@ from mnist_pipeline.errors import (
     NotFoundInStore,
     PreconditionFailed,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     os_error_message,
 )
@@ -179,7 +180,10 @@ class LocalStore(ArtifactStore):
             errno.EACCES: "give this user write access, or set MNIST_STORE_URL to another folder",
             errno.EPERM: "give this user write access, or set MNIST_STORE_URL to another folder",
         }.get(exc.errno, "check the store folder")
-        message = f"cannot {what} in the store {self.url}: {reason}; {hint}"
+        problem = f"cannot {what} in the store {self.url}: {reason}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StoreFull(problem, hint)
+        message = f"{problem}; {hint}"
         return StoreError(message) if exc.errno in PERMANENT_ERRNOS else StoreUnavailable(message)
 
     def _path(self, key: str) -> Path:

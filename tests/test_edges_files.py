@@ -106,6 +106,24 @@ def cli(env: dict, tmp_path: Path, *args: str, timeout: float = 60) -> Child:
     return run_child([CLI, *args], env, tmp_path, timeout)
 
 
+def test_gc_on_a_full_disk_says_to_free_a_little_space_not_to_run_gc(tmp_path, zoo, small_tmpfs):
+    """gc writes its marks before it deletes: on a full disk, the store's usual hint ("run gc")
+    sent the user round in a circle."""
+    store = LocalStore(small_tmpfs / "store")
+    for i, run_id in enumerate(("run-a", "run-b", "run-c")):
+        store_run(store, run_id, zoo[i % 2], minutes_ago=30 - 10 * i)
+    fill(small_tmpfs)
+    env = dict(os.environ, MNIST_STORE_URL=store.url)
+    before = sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*"))
+    child = cli(env, tmp_path, "gc", "--keep-last", "1")
+    assert child.code == 1 and "Traceback" not in child.output
+    [line] = [line for line in child.err.splitlines() if not line.startswith("warning: nothing is in production")]
+    assert line.startswith(f"error: cannot write runs/run-") and "No space left on device; free a few KB on that " \
+        "disk and run gc again" in line and "run `mnist-pipeline gc`" not in line, line
+    assert sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*")) == before  # nothing deleted
+    (small_tmpfs / "filler").unlink()
+    assert cli(env, tmp_path, "gc", "--keep-last", "1").code == 0 and not store.exists("runs/run-a/predictions.npy")
+
 # -- case 5: images ------------------------------------------------------------------------------------
 def bomb_png(path: Path, side: int, bit_depth: int, colour_type: int, palette: bytes = b"") -> Path:
     """A PNG of side x side pixels, all zero: rows compressed as they are made, so the file is

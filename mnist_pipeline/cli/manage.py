@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import typer
 
 from mnist_pipeline import audit, data_versions, registry, retention
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.errors import PipelineError, StoreError, StoreFull
 from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
 from mnist_pipeline.cli import interrupts
 from mnist_pipeline.cli.common import (EXIT_BLOCKED, app, err, load_keras_quietly, refresh_dashboard, say,
@@ -101,6 +102,16 @@ def verify(deep: bool = typer.Option(False, "--deep", help="Hash every file, not
     say(f"ok: {store.url} is consistent (checked {checked})")
 
 
+@contextlib.contextmanager
+def _full_disk_says_what_gc_needs():
+    # The store's own hint for a full disk is "run gc": here gc is what needs the space.
+    try:
+        yield
+    except StoreFull as exc:
+        raise StoreError(f"{exc.problem}; free a few KB on that disk and run gc again (it writes a small "
+                         "mark per run before deleting the run's files)") from None
+
+
 @app.command()
 def gc(
     keep_last: int = typer.Option(..., "--keep-last", min=1, help="Keep every file of the newest N runs."),
@@ -131,7 +142,7 @@ def gc(
         return
     # Marks, fence and deletions (retention.py) run whole: stopped between them, runs marked collected
     # would keep their files until the next gc. A signal waits for them, however long they take.
-    with interrupts.held():
+    with interrupts.held(), _full_disk_says_what_gc_needs():
         for info in orphaned:
             store.delete(info.key)
             say(f"deleted {info.key} ({info.size:,} bytes; images of no dataset version)")
