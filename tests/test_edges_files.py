@@ -204,6 +204,19 @@ def test_predict_reads_only_regular_files_and_never_blocks(env, tmp_path, make):
     assert child.one_error_line() == f"error: {image} is {kind}, not a regular file; give an image file"
 
 
+def test_a_newline_in_a_name_is_shown_escaped_so_one_problem_is_one_line(store, env, tmp_path):
+    """A file or key named with a newline printed its problem over two lines."""
+    image = tmp_path / "two\nlines.png"
+    image.write_bytes(b"not an image")
+    child = cli(env, tmp_path, "predict", str(image), timeout=60)
+    assert child.code == 1
+    assert child.one_error_line().startswith(f"error: {tmp_path}/two\\nlines.png")
+    (Path(store.url) / "runs/run-a/notes\r\nfrom me.txt").write_text("a foreign file")
+    audit = cli(env, tmp_path, "verify", timeout=60)
+    assert audit.code == 1 and "Traceback" not in audit.output
+    assert audit.out.splitlines() == ["runs/run-a/notes\\r\\nfrom me.txt: not listed in its run's manifest"]
+
+
 def test_a_fifo_at_a_key_of_a_folder_store_is_one_line_naming_it(store, env, tmp_path, zoo):
     """FIFOs where a history record, an unindexed run's manifest and a stray file would be:
     listings skip them with a warning, verify names each as a problem, a read of one is one line."""

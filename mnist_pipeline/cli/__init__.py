@@ -34,10 +34,9 @@ def _app():
 
 
 def _one_line(message: str) -> None:
-    from mnist_pipeline.cli.common import err
-    from mnist_pipeline.redaction import redact
+    from mnist_pipeline.cli.common import error_line
 
-    err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
+    error_line(message)
 
 
 def main(argv: list[str] | None = None) -> int:

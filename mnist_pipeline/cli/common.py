@@ -16,6 +16,7 @@ from rich.table import Table
 from mnist_pipeline import collector, keys
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import write_atomic
+from mnist_pipeline.redaction import redact
 from mnist_pipeline.settings import Settings, load_settings
 from mnist_pipeline.store import ArtifactStore, open_store
 
@@ -115,8 +116,22 @@ def say(text: str) -> None:
     out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+# A newline or other control character in a name (a file, a key), shown escaped: one problem
+# stays one line for the person and for `grep`.
+_ESCAPED = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def one_line(text: str) -> str:
+    return text.translate(_ESCAPED)
+
+
 def warn(text: str) -> None:
-    err.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"warning: {one_line(text)}", markup=False, highlight=False, soft_wrap=True)
+
+
+def error_line(text: str, label: str = "error") -> None:
+    """`error: ...` on stderr, redacted (a URL given for a path may carry a password), one line."""
+    err.print(f"{label}: {one_line(redact(text))}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]], right: set[str] = frozenset()) -> None:

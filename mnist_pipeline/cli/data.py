@@ -11,7 +11,7 @@ import typer
 
 from mnist_pipeline import data_versions, registry
 from mnist_pipeline.cli import interrupts
-from mnist_pipeline.cli.common import app, err, iso, out, print_table, say, warn
+from mnist_pipeline.cli.common import app, error_line, iso, out, print_table, say, warn
 from mnist_pipeline.data_versions import INGESTED_EVENT, VersionManifest
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.ingest import DEFAULT_HOLDOUT, ingest as ingest_path
@@ -36,8 +36,7 @@ def ingest(
     settings = load_settings()
     store = open_store(settings)  # like a training run, the first ingest may create the store
     result = ingest_path(store, path, holdout=holdout, note=note, strict=strict, actor=registry.default_actor(),
-                         on_problem=lambda line: err.print(f"skipped: {line}", markup=False, highlight=False,
-                                                           soft_wrap=True))
+                         on_problem=lambda line: error_line(line, "skipped"))
     m = result.manifest
     skipped = len(result.problems) + len(result.duplicates)
     interrupts.finished(0, None)  # the version is stored, whole: a signal no longer changes the exit status

@@ -11,8 +11,8 @@ from mnist_pipeline import audit, data_versions, registry, retention
 from mnist_pipeline.errors import PipelineError, StoreError, StoreFull
 from mnist_pipeline.params import DEFAULT_MAX_REGRESSION
 from mnist_pipeline.cli import interrupts
-from mnist_pipeline.cli.common import (EXIT_BLOCKED, app, err, load_keras_quietly, refresh_dashboard, say,
-                                       settings_and_store, warn)
+from mnist_pipeline.cli.common import (EXIT_BLOCKED, app, err, load_keras_quietly, one_line, refresh_dashboard,
+                                       say, settings_and_store, warn)
 from mnist_pipeline.runs import resolve_run
 
 REASON = typer.Option("", "--reason", help="Why: recorded in the history.")
@@ -94,7 +94,7 @@ def verify(deep: bool = typer.Option(False, "--deep", help="Hash every file, not
     result = audit.verify(store, deep=deep)
     checked = ", ".join(f"{n:,} {what}" for what, n in result.checked.items()) or "an empty store"
     for problem in result.problems:
-        say(problem)
+        say(one_line(problem))
     if result.problems:
         err.print(f"{len(result.problems)} problem(s) in {store.url} (checked {checked})", highlight=False,
                   soft_wrap=True)

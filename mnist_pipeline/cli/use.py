@@ -10,9 +10,9 @@ import numpy as np
 import typer
 
 from mnist_pipeline import keys, registry
-from mnist_pipeline.cli.common import app, err, load_keras_quietly, out, save, say, settings_and_store
+from mnist_pipeline.cli.common import (app, error_line, load_keras_quietly, one_line, out, save, say,
+                                       settings_and_store)
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.redaction import redact
 from mnist_pipeline.runs import resolve_run
 
 
@@ -65,8 +65,7 @@ def predict(
             loaded.append((path, load_digit(path)))
         except ValueError as exc:
             failed += 1
-            # Not main()'s one line, which redacts: a URL given for a path names the file here.
-            err.print(f"error: {redact(str(exc))}", markup=False, highlight=False, soft_wrap=True)
+            error_line(str(exc))  # and the next image is read
     if loaded:
         load_keras_quietly()
         probabilities = predict_probabilities(model_from_bytes(data, f"model of run {run_id}"),
@@ -78,6 +77,6 @@ def predict(
         else:
             for r in results:
                 p = r["probability"]
-                say(f"{r['image']}: {r['digit']} ({'p>0.9999' if p > 0.9999 else f'p={p:.4f}'})")
+                say(f"{one_line(r['image'])}: {r['digit']} ({'p>0.9999' if p > 0.9999 else f'p={p:.4f}'})")
     if failed:
         raise typer.Exit(1)
