@@ -4,7 +4,7 @@ one variation of the recipe per run, seeds 42-44 by default, one JSON line per s
     python bench/cnn_trials.py --mirror ../shared/data/mnist --epochs 15 --precision mixed_bfloat16 \
         [--filters 24] [--units 256] [--members 3] [--learning-rate 0.006] [--label NAME] \
         [--member-kernels 5,3,3] [--member-filters 48] [--ema 0.995] [--train-on-validation] [--tta] [--elastic 1.0] \
-        [--clean-epochs 1] [--recalibrate] [--bagging]
+        [--clean-epochs 1] [--recalibrate] [--bagging] [--deskew image|channel]
 
 Like `flows/train_flow.py --model cnn --seed S`: the split of seed S, Keras's seed S, the recipe's
 build and fit (mnist_pipeline/model.py), test accuracy as the evaluate stage measures it. Without
@@ -18,7 +18,9 @@ conv N filters instead of twice the stem's; --clean-epochs K trains the last K e
 as they are (the random shifts stop), `use_clean_final_epochs` below; --recalibrate also scores
 the same trained model once batch norm's statistics are recomputed for its final weights,
 `recalibrate_batch_norm` below; --bagging weighs each training image in each member's loss by its
-own Poisson(1) draw (a bootstrap sample per member, Breiman 1996), `use_bagging` below.
+own Poisson(1) draw (a bootstrap sample per member, Breiman 1996), `use_bagging` below; --deskew
+shears each image upright by its moments before the shifts, in training and test (or adds that
+copy as a second channel), `use_deskew` below.
 """
 
 from __future__ import annotations
@@ -72,12 +74,17 @@ def main() -> int:
                     help="also score the model with batch norm's statistics recomputed on the training images")
     ap.add_argument("--bagging", action="store_true",
                     help="each member's loss weighs each training image by its own Poisson(1) draw")
+    ap.add_argument("--deskew", choices=("image", "channel"), default=None,
+                    help="shear each image upright by its moments, in training and test (`use_deskew`): "
+                         "instead of the image, or as a second channel beside it")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     if args.member_kernels:
         args.members = len(args.member_kernels)
     if args.clean_epochs and (args.elastic or args.augment_shift_px == 0 or args.clean_epochs < 0):
         ap.error(f"--clean-epochs {args.clean_epochs}: needs the random shifts (not --elastic, not --shift 0)")
+    if args.deskew and (args.elastic or args.cutout):
+        ap.error("--deskew: not with --elastic or --cutout (each replaces the cnn's stem)")
     if args.cutout and (args.elastic or not 1 <= args.cutout <= 28 or not 0 < args.cutout_probability <= 1):
         ap.error(f"--cutout {args.cutout}: a side of 1-28 pixels, a probability in (0, 1], without --elastic "
                  "(both replace the cnn's stem)")
@@ -120,6 +127,9 @@ def main() -> int:
         hp_label.update(cutout_px=args.cutout, cutout_probability=args.cutout_probability)
     if args.bagging:
         hp_label["bagging"] = "poisson"
+    if args.deskew:
+        use_deskew(args.deskew == "channel")
+        hp_label["deskew"] = args.deskew
     if args.clean_epochs:
         use_clean_final_epochs(args.clean_epochs, epochs)
         hp_label["clean_epochs"] = args.clean_epochs
@@ -302,6 +312,56 @@ def use_cutout(side: int, probability: float) -> None:
         return model_module._conv_block(x, filters)
 
     model_module.cnn_stem = stem_with_cutout
+
+
+class _DeskewMixin:
+    """Shears each image so that its strokes' principal axis is upright and moves its centre of
+    mass to the middle (LeCun et al.'s "deskewing"; the moments of the pixel intensities), in
+    training and at test time alike: the variance of slant within a digit is taken out of the task."""
+
+    @staticmethod
+    def deskew(x):
+        import keras
+        from keras import ops
+
+        images = ops.cast(x[..., 0], "float32")  # (n, 28, 28)
+        rows = ops.reshape(ops.arange(28, dtype="float32"), (1, 28, 1))
+        cols = ops.reshape(ops.arange(28, dtype="float32"), (1, 1, 28))
+        total = ops.sum(images, axis=(1, 2)) + 1e-6
+        r = ops.sum(images * rows, axis=(1, 2)) / total
+        c = ops.sum(images * cols, axis=(1, 2)) / total
+        dr, dc = rows - r[:, None, None], cols - c[:, None, None]
+        var_r = ops.sum(images * dr * dr, axis=(1, 2)) / total + 1e-6
+        cov = ops.sum(images * dr * dc, axis=(1, 2)) / total
+        alpha = cov / var_r
+        centre = 14.0
+        # output (col, row) -> input (col + alpha * (row - 14) + c - 14, row + r - 14)
+        zeros, ones = ops.zeros_like(alpha), ops.ones_like(alpha)
+        transform = ops.stack([ones, alpha, c - centre - alpha * centre,
+                               zeros, ones, r - centre, zeros, zeros], axis=1)
+        out = keras.ops.image.affine_transform(images[..., None], transform, interpolation="bilinear",
+                                               fill_mode="constant")
+        return ops.cast(out, x.dtype)
+
+
+def use_deskew(as_channel: bool = False) -> None:
+    """Makes the model module's cnn stem deskew every image (`_DeskewMixin`) before the shifts;
+    `as_channel`: the stem sees the image and its deskewed copy as two channels."""
+    from keras import layers
+
+    import mnist_pipeline.model as model_module
+
+    class Deskew(_DeskewMixin, layers.Layer):
+        def call(self, x):
+            return layers.Concatenate()([x, self.deskew(x)]) if as_channel else self.deskew(x)
+
+    def deskewed_stem(x, filters: int, shift_px: int):
+        x = Deskew()(layers.Reshape((28, 28, 1))(x))
+        if shift_px:
+            x = layers.RandomTranslation(shift_px / 28, shift_px / 28, fill_mode="constant")(x)
+        return model_module._conv_block(x, filters)
+
+    model_module.cnn_stem = deskewed_stem
 
 
 def use_member_filters(width: int) -> None:
