@@ -50,7 +50,10 @@ class StoreFull(StoreError):
 
     def __init__(self, problem: str, hint: str):
         super().__init__(f"{problem}; {hint}")
-        self.problem = problem
+        self.problem, self.hint = problem, hint
+
+    def __reduce__(self):  # pickled across Dask and Prefect as its two parts, not its one message
+        return type(self), (self.problem, self.hint)
 
 
 class StoreUnavailable(TransientError):

@@ -78,8 +78,11 @@ def resolve_run(store: ArtifactStore, prefix: str) -> str:
 
 def why_missing(store: ArtifactStore, run_id: str, key: str) -> str:
     """Why a run's file is not in the store, for the error that names it."""
-    if key in registry.collected_files(store, run_id):
-        return "`mnist-pipeline gc` collected it"
+    try:
+        if key in registry.collected_files(store, run_id):
+            return "`mnist-pipeline gc` collected it"
+    except PipelineError:  # a damaged gc mark: verify names it; here it only explains
+        pass
     if store.exists(keys.manifest(run_id)):  # the manifest is a run's last file
         return "the run finished, so it was deleted since; `mnist-pipeline verify` audits the store"
     return "the run did not finish"

@@ -191,12 +191,12 @@ def _env_name(loc: str) -> str:
     """The variable an error is about: of a setting's names (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL),
     the first one set, as they are read."""
     names = _ENV_NAMES.get(loc, [loc])
-    return next((name for name in names if name in os.environ), names[0])
+    return next((name for name in names if os.environ.get(name)), names[0])  # an empty one is unset
 
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment; a bad value is a one-line ConfigError naming the variable."""
-    if "store_url" not in overrides and os.environ.get("MNIST_STORE_URL") == "":
+    if not {"store_url", "MNIST_STORE_URL"} & overrides.keys() and os.environ.get("MNIST_STORE_URL") == "":
         # Not taken for unset: an empty store URL is most often `s3://$BUCKET` gone wrong, and the
         # default folder would take the runs that belong in the bucket.
         raise ConfigError("MNIST_STORE_URL is invalid: is empty; give s3://BUCKET[/PREFIX] or a folder, "

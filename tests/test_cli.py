@@ -162,6 +162,9 @@ def test_a_missing_file_of_a_run_says_why_it_is_missing(runs, cli, store):
     deleted = cli("report", "run-b")
     assert deleted.code == 1 and error_line(deleted) == "error: run run-b has no report.html: the run finished, " \
         "so it was deleted since; `mnist-pipeline verify` audits the store"
+    store.put(keys.collected("run-b"), b"not json")  # a damaged gc mark: verify names it; report explains
+    assert error_line(cli("report", "run-b")) == error_line(deleted)
+    store.delete(keys.collected("run-b"))
     store.delete(keys.report("run-c"))
     store.delete(keys.manifest("run-c"))
     unfinished = cli("report", "run-c")

@@ -215,6 +215,9 @@ def test_a_newline_in_a_name_is_shown_escaped_so_one_problem_is_one_line(store, 
     audit = cli(env, tmp_path, "verify", timeout=60)
     assert audit.code == 1 and "Traceback" not in audit.output
     assert audit.out.splitlines() == ["runs/run-a/notes\\r\\nfrom me.txt: not listed in its run's manifest"]
+    (Path(store.url) / "runs/a\nb").mkdir()  # a listing's warning names it
+    listing = cli(env, tmp_path, "runs", "--all", timeout=60)
+    assert listing.code == 0 and listing.err.splitlines() == ["warning: skipped runs/a\\nb/: not a run id"]
 
 
 def test_a_fifo_at_a_key_of_a_folder_store_is_one_line_naming_it(store, env, tmp_path, zoo):

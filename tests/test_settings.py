@@ -66,6 +66,18 @@ def test_an_empty_store_url_is_refused_not_taken_for_the_default_folder(monkeypa
         load_settings()
 
 
+def test_an_empty_variable_gives_way_to_an_override_or_to_the_next_name(monkeypatch, tmp_path):
+    """A caller's store, given by field or variable name, stands over an empty MNIST_STORE_URL; an
+    error about the endpoint names the variable that held it, not its empty alias."""
+    monkeypatch.setenv("MNIST_STORE_URL", "")
+    for override in ({"store_url": str(tmp_path)}, {"MNIST_STORE_URL": str(tmp_path)}):
+        assert load_settings(**override).store_url == str(tmp_path)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "ftp://127.0.0.1:9000")
+    with pytest.raises(ConfigError, match="^AWS_ENDPOINT_URL is invalid: must start with http"):
+        load_settings(store_url=str(tmp_path))
+
+
 def test_many_attempts_are_boto3s_to_take_the_deadline_bounds_them(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "50")
     assert load_settings().aws_max_attempts == 50

@@ -334,3 +334,14 @@ def test_stale_temporary_files_are_found_and_cleaned(local_store):
     assert local_store.stale_temp_files() == ["runs/r/.tmp-dead.part"]
     local_store.probe_writable()  # before a run: the store cleans up after writers that died
     assert not stale.exists() and fresh.exists()
+
+
+def test_a_full_disk_error_crosses_a_process_boundary_whole():
+    """Dask and Prefect pickle exceptions: StoreFull's two parts come back, not a TypeError."""
+    import pickle
+
+    from mnist_pipeline.errors import StoreFull
+
+    again = pickle.loads(pickle.dumps(StoreFull("cannot write k in the store /s: No space left", "free space")))
+    assert (type(again), str(again), again.problem) == (StoreFull, "cannot write k in the store /s: No space left; "
+                                                        "free space", "cannot write k in the store /s: No space left")

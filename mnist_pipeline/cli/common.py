@@ -37,7 +37,7 @@ class WarningLines(logging.Handler):
         self.said: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        line = f"warning: {record.getMessage()}"
+        line = f"warning: {one_line(record.getMessage())}"
         if line not in self.said:
             self.said.add(line)
             err.print(line, markup=False, highlight=False, soft_wrap=True)

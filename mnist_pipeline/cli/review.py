@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from mnist_pipeline import keys, registry
-from mnist_pipeline.cli.common import app, iso, out, output_path, print_table, save, say, settings_and_store, warn
+from mnist_pipeline.cli.common import (app, iso, one_line, out, output_path, print_table, save, say, settings_and_store,
+                                       warn)
 from mnist_pipeline.comparison import compare_predictions, stored_predictions
 from mnist_pipeline.dataset import load_test_labels
 from mnist_pipeline.errors import NotFoundInStore, PipelineError
@@ -100,7 +101,7 @@ def report(
             warn(f"the link expires in {expires} s")
         return
     target = save(output, f"report-{run_id}.html", store.get(key))
-    say(f"saved {target}")
+    say(f"saved {one_line(str(target))}")
     if open_it and not webbrowser.open(target.resolve().as_uri()):
         warn(f"no browser could be opened here; the report is at {target.resolve()}")
 
@@ -196,6 +197,6 @@ def dashboard(
     links = page.Links(store, target)
     data = page.render(store, page.read_index(store), links, settings.min_accuracy)
     save(target, "dashboard.html", data)
-    say(f"saved {target}" + (f" (its report links expire {iso(links.expires)})" if links.expires else ""))
+    say(f"saved {one_line(str(target))}" + (f" (its report links expire {iso(links.expires)})" if links.expires else ""))
     if open_it and not webbrowser.open(target.resolve().as_uri()):
         warn(f"no browser could be opened here; the dashboard is at {target.resolve()}")

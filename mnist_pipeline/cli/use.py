@@ -42,7 +42,7 @@ def model(
     _, store = settings_and_store()
     run_id, data = verified_model_bytes(store, which)
     target = save(output, f"model-{run_id[:8]}.keras", data)
-    say(f"saved {target} (run {run_id}, SHA-256 {registry.sha256(data)})")
+    say(f"saved {one_line(str(target))} (run {run_id}, SHA-256 {registry.sha256(data)})")
 
 
 @app.command()
