@@ -31,6 +31,7 @@ from pydantic import Field, ValidationError
 
 from mnist_pipeline import notify
 from mnist_pipeline.errors import raising_redacted
+from mnist_pipeline.redaction import redact
 from mnist_pipeline.registry import BLOCKED, Check, GateDecision
 from mnist_pipeline.settings import load_settings
 
@@ -78,11 +79,22 @@ def poll_interval(timeout_s: int) -> int:
 
 
 def verdict_of(form: ApprovalForm) -> Verdict:
+    """The answer as the run's state, its history record and report keep it: redacted, as
+    everything stored (a note may quote a link with its password)."""
     at = datetime.now(timezone.utc).isoformat()
-    said = f": {form.note}" if form.note else ""
+    by, note = redact(form.approver), redact(form.note)
+    said = f": {note}" if note else ""
     if form.decision == "approve":
-        return Verdict(True, f"approved by {form.approver}{said}", form.approver, form.note, at)
-    return Verdict(False, f"{BLOCKED}rejected by {form.approver}{said}", form.approver, form.note, at)
+        return Verdict(True, f"approved by {by}{said}", by, note, at)
+    return Verdict(False, f"{BLOCKED}rejected by {by}{said}", by, note, at)
+
+
+def _forget_answer(flow_run_id, form: ApprovalForm) -> None:
+    """The form as typed stays in Prefect's database until deleted: the verdict keeps it redacted."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.delete_flow_run_input(flow_run_id, form.metadata.key)
 
 
 def awaiting(decision: GateDecision, timeout_s: int) -> GateDecision:
@@ -145,9 +157,15 @@ def approval_flow(run_id: str, test_accuracy: float, min_accuracy: float, reason
             description=form_description(run_id, test_accuracy, reason, report, until))
         now = datetime.now(timezone.utc).isoformat
         try:
-            verdict = verdict_of(pause_flow_run(wait_for_input=form, timeout=timeout_s,
-                                                poll_interval=poll_interval(timeout_s), key="approval"))
+            answer = pause_flow_run(wait_for_input=form, timeout=timeout_s,
+                                    poll_interval=poll_interval(timeout_s), key="approval")
+            verdict = verdict_of(answer)
             name = "Approved" if verdict.approved else "Rejected"
+            try:
+                _forget_answer(me, answer)
+            except Exception as exc:  # the verdict stands; the raw answer stays in Prefect's database
+                log.warning("the approval form's answer could not be deleted from Prefect (%s: %s)",
+                            type(exc).__name__, exc)
         except FlowPauseTimeout:
             _take_back(me)
             verdict = Verdict(False, f"{BLOCKED}no approval within {duration(timeout_s)}", at=now())

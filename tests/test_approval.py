@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -144,25 +145,35 @@ def test_a_run_that_passed_waits_paused_notifies_and_an_approval_promotes_it(ser
     assert served.env["AWS_SECRET_ACCESS_KEY"] not in served.log.read_text() + json.dumps(served.receiver.received)
 
 
-def test_a_rejection_blocks_it_with_who_and_why(served, deployment, client):
+def test_a_rejection_blocks_it_with_who_and_why(served, deployment, client, prefect_server):
+    """The note, which quotes a link with its password, is kept redacted, and the form as typed is
+    deleted from Prefect's database (it stayed there)."""
     store = served.store
     before = registry.read_production(store)[0]
     run = start(client, deployment, epochs=1, min_accuracy=0.9, require_approval=True, approval_timeout=900,
                 allow_regression=True)
     child = waiting_child(client, run, served)
-    client.resume_flow_run(child.id, run_input={"decision": "reject", "note": "not on a Friday", "approver": "bob"})
+    client.resume_flow_run(child.id, run_input={
+        "decision": "reject", "note": "not on a Friday, see https://bob:Fr1day-Pa55@wiki.example/x", "approver": "bob"})
     state = finished(client, run.id, served)
     assert state.is_completed() and state.name == "Blocked"
-    assert state.message == "promotion blocked: rejected by bob: not on a Friday"
+    assert state.message == "promotion blocked: rejected by bob: not on a Friday, see https://***@wiki.example/x"
+    db = sqlite3.connect(prefect_server[1].parent / "prefect.db")  # the server's home holds its log
+    try:
+        dump = "\n".join(db.iterdump())
+    finally:
+        db.close()
+    assert "rejected by bob" in dump and "Fr1day-Pa55" not in dump  # states, inputs, logs, events
+    assert "Fr1day-Pa55" not in served.log.read_text()
     assert client.read_flow_run(child.id).state.name == "Rejected"
     assert registry.read_production(store)[0] == before  # production unchanged
     record = flow_record(store, str(run.id))
     assert record["decision"] == "blocked" and record["reason"] == state.message
-    assert record["approval"] == {"approved": False, "by": "bob", "note": "not on a Friday",
+    assert record["approval"] == {"approved": False, "by": "bob", "note": "not on a Friday, see https://***@wiki.example/x",
                                   "at": record["approval"]["at"]}
     manifest = json.loads(store.get(keys.manifest(str(run.id))))
     assert manifest["gate"]["promoted"] is False and manifest["gate"]["reason"] == state.message
-    assert "rejected by bob: not on a Friday" in store.get(keys.report(str(run.id))).decode()
+    assert "rejected by bob: not on a Friday, see https://***@wiki.example/x" in store.get(keys.report(str(run.id))).decode()
 
 
 def test_no_answer_in_time_blocks_it_and_the_run_outlives_its_lease_renewals(served, deployment, client):
