@@ -279,12 +279,12 @@ def stopped(what: str, status: int) -> int:
     run_id = promotions_begun[-1] if promotions_begun else None
     names = _production_names(run_id) if run_id else False
     if names:
-        print(f"run {run_id}: promoted to production; then {what} before the run's end (its report links, "
-              "event or notification may be missing)")
+        say(f"run {run_id}: promoted to production; then {what} before the run's end (its report links, "
+            "event or notification may be missing)")
         return EXIT_PROMOTED
     production = "production unchanged" if names is False else \
         "whether production changed is unknown: check it with `mnist-pipeline runs`"
-    print(f"error: {what}; {production}", file=sys.stderr)
+    say(f"error: {what}; {production}", sys.stderr)
     return status
 
 
@@ -313,22 +313,36 @@ def _stop_child_processes() -> None:
         spec.close_clusters()
 
 
+def say(line: str, stream=None) -> None:
+    """Print one line of the run's outcome. A stream that cannot take it (a closed pipe, a full
+    disk) loses the line, never the exit status: it is pointed at /dev/null, so that Python's own
+    flush at exit does not fail too (status 120 and a traceback)."""
+    stream = stream or sys.stdout
+    try:
+        print(line, file=stream, flush=True)
+    except OSError as exc:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        if stream is sys.stdout:
+            say(f"warning: the result line could not be printed ({exc.strerror or exc}); the exit status "
+                "says the outcome", sys.stderr)
+
+
 def exit_status(state: State) -> int:
     """Print the run's one-line outcome; the exit status that says it."""
     if state.is_completed():
         summary = state.result()
         if summary.get("unchanged"):
-            print(f"run {summary['run_id']}: unchanged: {summary['reason']}")
+            say(f"run {summary['run_id']}: unchanged: {summary['reason']}")
             return EXIT_UNCHANGED
         verdict = "promoted to production" if summary["promoted"] else summary["reason"]
-        print(f"run {summary['run_id']}: test accuracy {summary['test_accuracy']:.4f}; {verdict}; "
-              f"report: {summary['report']}")
+        say(f"run {summary['run_id']}: test accuracy {summary['test_accuracy']:.4f}; {verdict}; "
+            f"report: {summary['report']}")
         for warning in summary.get("warnings", []):
-            print(f"warning: {redact(warning)}", file=sys.stderr)
+            say(f"warning: {redact(warning)}", sys.stderr)
         return EXIT_PROMOTED if summary["promoted"] else EXIT_BLOCKED
     exc = state.result(raise_on_failure=False)
     detail = str(exc) if isinstance(exc, PipelineError) else (state.message or "unknown error")
-    print(f"error: run failed: {redact(detail)}", file=sys.stderr)
+    say(f"error: run failed: {redact(detail)}", sys.stderr)
     return EXIT_FAILED
 
 
@@ -341,6 +355,41 @@ def refuse_approval_without_a_lasting_server(params: dict) -> None:
         raise ConfigError("require_approval needs a Prefect server that outlives the run, where a person can "
                           "approve it: run it from a deployment (deployments/serve.py, prefect.yaml) or set "
                           "PREFECT_API_URL to a running server")
+
+
+def prefect_api_answers() -> None:
+    """With PREFECT_API_URL set, the run's first call goes to that server, and Prefect's client
+    retries one that is down or hung for minutes before raising through the flow (three chained
+    tracebacks, 419 s for a hung one). One health check first, bounded by PREFECT_API_REQUEST_TIMEOUT."""
+    import base64
+
+    import httpx
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        return
+    headers, timeout = {}, PREFECT_API_REQUEST_TIMEOUT.value()
+    if auth := PREFECT_API_AUTH_STRING.value():  # as Prefect's own client logs in
+        secret = auth.get_secret_value() if hasattr(auth, "get_secret_value") else auth
+        headers["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
+    elif key := PREFECT_API_KEY.value():
+        headers["Authorization"] = f"Bearer {key.get_secret_value() if hasattr(key, 'get_secret_value') else key}"
+    where = f"the Prefect API at {redact(api)}"
+    try:
+        answer = httpx.get(f"{api.rstrip('/')}/health", headers=headers, timeout=timeout)
+    except httpx.TimeoutException:
+        raise PipelineError(f"{where} did not answer within {timeout:g} s (PREFECT_API_REQUEST_TIMEOUT); start "
+                            "it, or unset PREFECT_API_URL for a temporary server") from None
+    except httpx.HTTPError as exc:
+        raise PipelineError(f"{where} cannot be reached ({type(exc).__name__}: {exc}); start it, or unset "
+                            "PREFECT_API_URL for a temporary server") from None
+    if answer.status_code in (401, 403):
+        raise PipelineError(f"{where} refused the login (HTTP {answer.status_code}); check PREFECT_API_AUTH_STRING "
+                            "or PREFECT_API_KEY")
+    if answer.status_code >= 400:
+        raise PipelineError(f"{where} answered its health check with HTTP {answer.status_code}; is it a Prefect "
+                            "server's API (.../api)?")
 
 
 def main(flow, schema: type[BaseModel], argv: list[str] | None = None) -> int:
@@ -373,8 +422,17 @@ def main(flow, schema: type[BaseModel], argv: list[str] | None = None) -> int:
                 return EXIT_FAILED
             if server:
                 server.watch(partial(_server_lost, server))
+            else:
+                prefect_api_answers()
             state = flow(**params, return_state=True)
     except (KeyboardInterrupt, TerminationSignal) as exc:
         signum = _signal_of(exc)
         return stopped(f"interrupted by {signal.Signals(signum).name}", 128 + signum)
+    except PipelineError as exc:  # the Prefect API, before any work
+        return stopped(f"run failed: {exc}", EXIT_FAILED)
+    except Exception as exc:  # Prefect's client gave up on its API mid-run: there is no state to read
+        if os.environ.get("MNIST_DEBUG"):
+            raise
+        return stopped(f"run failed: {redact(f'{type(exc).__name__}: {exc}')} (MNIST_DEBUG=1 shows where)",
+                       EXIT_FAILED)
     return exit_status(state)

@@ -4,6 +4,8 @@ artifacts (key numbers, per-class table, link to the report) under stable keys."
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -174,7 +176,9 @@ def comparison_input(comparison: dict | None, production_accuracy: float | None)
 
 def model_summary(model) -> tuple[str, int]:
     lines: list[str] = []
-    model.summary(print_fn=lambda line, **_: lines.append(line))
+    # Keras's console still writes to stdout while it captures: a stdout on a full disk failed the run.
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.summary(print_fn=lambda line, **_: lines.append(line))
     return "\n".join(lines), int(model.count_params())
 
 

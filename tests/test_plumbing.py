@@ -7,13 +7,19 @@ under a thread inside TensorFlow's C++ start-up aborted the process (SIGABRT, "t
 without an active exception", exit -6 instead of 1), seen once in a full test run.
 """
 
+import os
+import subprocess
+import sys
 import threading
 import time
+
+import pytest
 
 from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
                               temporary_settings)
 
 from flows import plumbing, train_flow
+from tests.conftest import REPO
 
 
 def test_an_early_error_returns_only_after_the_background_import(tmp_path, monkeypatch, capsys):
@@ -75,3 +81,80 @@ def test_dasks_closed_connection_at_shutdown_is_one_line_and_its_warnings_keep_t
     info, warning = caplog.text.split("Batched Comm Closed at level 30")
     assert "Batched Comm Closed at level 20" in info and "Traceback" not in info
     assert "Traceback" in warning
+
+
+@pytest.mark.parametrize("stdout", ["closed pipe", "/dev/full"])
+def test_a_result_line_that_cannot_be_printed_leaves_the_exit_status_true(tmp_path, stdout):
+    """A blocked run exited 1 ("failed") with a traceback when its stdout was a closed pipe
+    (`... | head -0`) or a full disk."""
+    probe = ("import sys\nfrom prefect.states import Completed\nfrom flows.plumbing import exit_status\n"
+             "sys.exit(exit_status(Completed(data={'run_id': 'r', 'promoted': False, 'test_accuracy': 0.5, "
+             "'reason': 'promotion blocked: 0.5000 < 0.9700', 'report': 'x'})))\n")
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path))
+    command = [sys.executable, "-c", probe]
+    if stdout == "closed pipe":
+        reader, writer = os.pipe()
+        os.close(reader)
+        with os.fdopen(writer, "w") as closed:
+            proc = subprocess.run(command, cwd=REPO, env=env, stdout=closed, stderr=subprocess.PIPE, text=True,
+                                  timeout=120)
+        reason = "Broken pipe"
+    else:
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(command, cwd=REPO, env=env, stdout=full, stderr=subprocess.PIPE, text=True,
+                                  timeout=120)
+        reason = "No space left on device"
+    assert proc.returncode == plumbing.EXIT_BLOCKED and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"warning: the result line could not be printed ({reason}); the exit status says the outcome"]
+
+
+@pytest.mark.parametrize("api", ["refused", "mute"])
+def test_a_prefect_api_that_does_not_answer_is_one_line_within_its_timeout(tmp_path, monkeypatch, capsys, api):
+    """PREFECT_API_URL at nothing: three chained tracebacks; at a hung server: the same after 419 s."""
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT
+
+    from tests.conftest import free_port
+    from tests.faults import SilentEndpoint
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    monkeypatch.setenv("MNIST_STORE_URL", str(tmp_path / "store"))
+    silent = SilentEndpoint() if api == "mute" else None
+    url = f"{silent.endpoint}/api" if silent else f"http://user:Api-Pa55@127.0.0.1:{free_port()}/api"
+    t0 = time.monotonic()
+    try:
+        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_REQUEST_TIMEOUT: 3}):
+            status = train_flow.main(["--epochs", "1"])
+    finally:
+        if silent:
+            silent.close()
+    seconds = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert status == plumbing.EXIT_FAILED and seconds < 30 and "Traceback" not in err, (seconds, err)
+    [line] = err.strip().splitlines()
+    if silent:
+        assert line == f"error: run failed: the Prefect API at {url} did not answer within 3 s " \
+                       "(PREFECT_API_REQUEST_TIMEOUT); start it, or unset PREFECT_API_URL for a temporary server; " \
+                       "production unchanged"
+    else:
+        assert line.startswith("error: run failed: the Prefect API at http://***@127.0.0.1:") and \
+            "cannot be reached (ConnectError: " in line and "Api-Pa55" not in line
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_flow_whose_prefect_api_goes_away_mid_run_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """What Prefect's client raises once it gives up on its API (it has no state to return)."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    monkeypatch.setenv("MNIST_STORE_URL", str(tmp_path / "store"))
+    monkeypatch.setattr(plumbing, "prefect_api_answers", lambda: None)
+
+    class GaveUp:
+        description = "a flow"
+
+        def __call__(self, **_):
+            raise RuntimeError("Failed to reach API at http://admin:S3cret@10.0.0.9:4200/api/")
+    with temporary_settings({PREFECT_API_URL: "http://10.0.0.9:4200/api"}):
+        status = plumbing.main(GaveUp(), train_flow.TrainParams, ["--epochs", "1"])
+    err = capsys.readouterr().err
+    assert status == plumbing.EXIT_FAILED and err == "error: run failed: RuntimeError: Failed to reach API at " \
+        "http://***@10.0.0.9:4200/api/ (MNIST_DEBUG=1 shows where); production unchanged\n"

@@ -147,6 +147,20 @@ def test_the_per_digit_gate_blocks_a_model_that_passed_overall_naming_the_digits
     assert "below the per-digit gate 0.9900: such a digit blocks the model" in html
 
 
+def test_a_stdout_that_cannot_be_written_changes_no_outcome(flow_env):
+    """stdout on a full disk (/dev/full): Keras's model summary failed the run's report stage,
+    exit 1 with a traceback after the gate had passed; then the result line would have."""
+    env = dict(flow_env, MNIST_STORE_URL=f"s3://stdout-{uuid.uuid4().hex[:10]}")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "flows/train_flow.py", "--epochs", "1", "--min-accuracy", "0.5"],
+                              cwd=REPO, env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "warning: the result line could not be printed (No space left on device); the exit status says " \
+           "the outcome" in proc.stderr
+    store = store_for(env)
+    assert production_of(store)["run_id"] == registry.read_history(store)[-1]["run_id"]
+
+
 # moto's half in `make test-all`: the rest of this file runs on moto; radosgw is the real server.
 @pytest.mark.parametrize("server", [pytest.param("moto_server", marks=pytest.mark.slow), "radosgw_server"])
 def test_promote_promote_rollback_verify_on_each_s3_server(server, request, flow_env):
