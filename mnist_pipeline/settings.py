@@ -41,6 +41,11 @@ def _prefix_problem(prefix: str) -> bool:
     return any(segment in ("", ".", "..") for segment in prefix.split("/"))
 
 
+# Characters a URL client reads as something else (query, fragment, escape) or that do not survive
+# a link: a prefix `q?token=X` was stored as such, printed whole in report links and hidden in logs.
+_URL_UNSAFE = re.compile(r"[?#%\\\s\x00-\x1f\x7f]")
+
+
 def _has_userinfo(url: str) -> bool:
     """A user or password before the host, its '@' plain or encoded, anywhere: a password may
     hold an unencoded '/'."""
@@ -149,6 +154,10 @@ class Settings(BaseSettings):
                 # `aws s3`) then ask for other keys. The URL is not echoed: it may carry user info.
                 raise ValueError("the prefix after the bucket must not have '.', '..' or empty ('a//b') "
                                  "segments: write s3://BUCKET/SOME/PREFIX")
+            if _URL_UNSAFE.search(prefix):
+                raise ValueError("the prefix after the bucket must not hold '?', '#', '%', '\\', spaces or "
+                                 "control characters (links and URL clients read them apart): write "
+                                 "s3://BUCKET/SOME/PREFIX")
         elif "://" in value or _SCHEME_LIKE.match(value):
             raise ValueError("must be s3://BUCKET[/PREFIX] or a local folder path")
         elif value.startswith("~"):

@@ -387,7 +387,22 @@ def test_dot_segments_and_empty_segments_in_an_s3_prefix_are_refused_in_one_line
                                   "environment")
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/team/a", "s3://bucket/team/a/", "s3://bucket"])
+@pytest.mark.parametrize("url", ["s3://bucket/q?token=TokQ999", "s3://bucket/f#frag", "s3://bucket/a%2Fb",
+                                 "s3://bucket/a b", "s3://bucket/a\\b", "s3://bucket/a\nb"])
+def test_url_characters_in_an_s3_prefix_are_refused_in_one_line_never_echoed(url):
+    """`s3://bucket/q?token=X` was stored under the key prefix `q?token=X/`: hidden in logs as a
+    query, printed whole in report links and stored in Prefect's database."""
+    from mnist_pipeline.errors import ConfigError
+    from mnist_pipeline.settings import load_settings
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(store_url=url)
+    line = str(refused.value)
+    assert line.startswith("MNIST_STORE_URL is invalid: the prefix after the bucket must not hold '?', '#', '%'")
+    assert "\n" not in line and "TokQ999" not in line and "frag" not in line
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/team/a", "s3://bucket/team/a/", "s3://bucket", "s3://bucket/team=a/x-1_(2)"])
 def test_an_ordinary_s3_prefix_is_accepted(url):
     from mnist_pipeline.settings import load_settings
 
