@@ -87,21 +87,42 @@ def _from_cache(store: ArtifactStore, name: str) -> bytearray | None:
         return None  # a damaged cache entry is ignored and refetched, then overwritten
 
 
-def _from_mirrors(name: str, mirrors: tuple[str, ...], deadline_s: float) -> tuple[bytearray, bytes, str]:
-    failures = []
+def _is_url(mirror: str) -> bool:
+    return mirror.startswith(("http://", "https://"))
+
+
+def _from_mirrors(name: str, mirrors: tuple[str, ...], deadline_s: float,
+                  log=None) -> tuple[bytearray, bytes, str]:
+    """The first mirror's copy that verifies. A mirror that lacks the file, does not answer or
+    serves a bad copy is passed over for the next (a warning names a bad copy); only when none
+    has a good one does it fail: transient when a network mirror did not answer, else permanent."""
+    missing, unanswered, refused = [], [], []
     for mirror in mirrors:
         try:
             gz = read_mirror(mirror, name + ".gz", deadline_s)
+            raw = decompress_and_verify(name, gz, mirror)
         except FileNotFoundError as exc:
-            failures.append(f"{mirror}: missing ({exc.strerror or exc})")
+            missing.append(f"{mirror}: missing ({exc.strerror or exc})")
+            continue
+        except DatasetError as exc:
+            refused.append(exc)
             continue
         except OSError as exc:
-            failures.append(f"{mirror}: {getattr(exc, 'reason', None) or exc}")
+            if _is_url(mirror):
+                unanswered.append(f"{mirror}: {getattr(exc, 'reason', None) or exc}")
+            else:  # a folder that cannot be read (a link loop, no permission) is not helped by waiting
+                missing.append(f"{mirror}: cannot be read ({exc.strerror or exc})")
             continue
-        return decompress_and_verify(name, gz, mirror), gz, mirror
-    tried = "; ".join(failures)
-    if all(": missing" in f for f in failures):
+        if log and refused:
+            log.warning("%s.gz: %s; %s's copy verified", name, "; ".join(map(str, refused)), mirror)
+        return raw, gz, mirror
+    if refused and not (missing or unanswered):
+        raise refused[0] if len(refused) == 1 else DatasetError("; ".join(map(str, refused)))
+    tried = "; ".join([*missing, *unanswered, *map(str, refused)])
+    if not (unanswered or refused):
         raise DatasetError(f"{name}.gz is on none of the mirrors ({tried}); fix MNIST_MIRRORS")
+    if not unanswered:
+        raise DatasetError(f"{name}.gz: no mirror has a good copy ({tried}); fix MNIST_MIRRORS")
     raise MirrorUnavailable(f"{name}.gz: no mirror answered ({tried}); check the network or MNIST_MIRRORS")
 
 
@@ -120,7 +141,7 @@ def fetch_mnist(store: ArtifactStore, mirrors: tuple[str, ...], deadline_s: floa
         if cached is not None:
             raw[name], sources[name] = cached, "cache"
             continue
-        raw[name], to_cache[name], sources[name] = _from_mirrors(name, mirrors, deadline_s)
+        raw[name], to_cache[name], sources[name] = _from_mirrors(name, mirrors, deadline_s, log)
     for name, gz in to_cache.items():
         store.put(keys.mnist_file(name), gz, "application/gzip")
     if log:

@@ -74,6 +74,37 @@ def _assert_nothing_cached(store):
     assert store.list(keys.MNIST_CACHE) == []
 
 
+def test_a_bad_copy_on_a_mirror_falls_through_to_the_next_with_a_warning(local_store, mirror_copy, mnist_mirror, caplog):
+    """The first mirror's truncated file ended the run; the good second mirror was never asked."""
+    import logging
+
+    target = mirror_copy / "train-labels-idx1-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-100])
+    log = logging.getLogger("test-fetch")
+    with caplog.at_level(logging.WARNING, "test-fetch"):
+        raw = fetch_mnist(local_store, (str(mirror_copy), str(mnist_mirror)), log=log)
+    assert len(raw) == 4 and local_store.get(keys.mnist_file("train-labels-idx1-ubyte")) == \
+        (mnist_mirror / "train-labels-idx1-ubyte.gz").read_bytes()
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"train-labels-idx1-ubyte.gz: train-labels-idx1-ubyte.gz from {mirror_copy} is not a "
+                              "complete gzip file") and warning.endswith(f"; {mnist_mirror}'s copy verified")
+
+
+def test_a_bad_copy_and_a_missing_one_fail_once_naming_both(local_store, mirror_copy, tmp_path):
+    target = mirror_copy / "train-labels-idx1-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-100])
+    looped = tmp_path / "looped"
+    looped.mkdir()
+    (looped / "train-labels-idx1-ubyte.gz").symlink_to(looped / "train-labels-idx1-ubyte.gz")  # a link loop
+    with pytest.raises(DatasetError) as err:  # permanent: no mirror is down, so no retry would help
+        fetch_mnist(local_store, (str(looped), str(mirror_copy)))
+    message = str(err.value)
+    assert message.startswith("train-labels-idx1-ubyte.gz: no mirror has a good copy (") and \
+        f"{looped}: cannot be read (Too many levels of symbolic links)" in message and "truncated" in message
+    assert message.endswith("; fix MNIST_MIRRORS")
+    _assert_nothing_cached(local_store)
+
+
 def test_truncated_gz_is_a_clear_error_and_nothing_is_cached(s3_store, mirror_copy):
     target = mirror_copy / "train-labels-idx1-ubyte.gz"
     target.write_bytes(target.read_bytes()[:-100])
