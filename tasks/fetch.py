@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def read_mirror(mirror: str, filename: str, deadline_s: float = 20.0) -> bytes:
     FileNotFoundError when the mirror answers but lacks the file, OSError on network failure or
     a download that is too slow."""
     if mirror.startswith(("http://", "https://")):
-        url = mirror.rstrip("/") + "/" + filename
+        # The file name goes on the path; a query (a signed or tokened mirror) stays a query.
+        parts = urllib.parse.urlsplit(mirror)
+        url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + filename))
         try:
             return _download(url, deadline_s)
         except urllib.error.HTTPError as exc:

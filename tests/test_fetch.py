@@ -56,6 +56,12 @@ def test_fetch_over_http_and_fall_through_a_dead_mirror(local_store, http_mirror
     assert len(local_store.list(keys.MNIST_CACHE)) == 4
 
 
+def test_a_mirror_url_with_a_query_keeps_it_after_the_file_name(local_store, http_mirror):
+    """`.../mnist/?sig=X` was asked for `.../mnist/?sig=X/train-images-idx3-ubyte.gz`."""
+    raw = fetch_mnist(local_store, (http_mirror + "?sig=abc",), deadline_s=5)
+    assert len(raw["t10k-labels-idx1-ubyte"]) == 8 + 10000
+
+
 def test_mirror_without_the_file_falls_through_to_the_next(local_store, mirror_copy, mnist_mirror):
     (mirror_copy / "t10k-labels-idx1-ubyte.gz").unlink()
     raw = fetch_mnist(local_store, (str(mirror_copy), str(mnist_mirror)))
