@@ -362,22 +362,28 @@ def prefect_api_answers() -> None:
     retries one that is down or hung for minutes before raising through the flow (three chained
     tracebacks, 419 s for a hung one). One health check first, bounded by PREFECT_API_REQUEST_TIMEOUT."""
     import base64
+    import ssl
 
+    import certifi
     import httpx
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_REQUEST_TIMEOUT,
+                                  PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY, PREFECT_API_URL)
 
     api = PREFECT_API_URL.value()
     if not api:
         return
+    # As Prefect's own client (SyncPrefectClient) logs in and checks the server's certificate.
     headers, timeout = {}, PREFECT_API_REQUEST_TIMEOUT.value()
-    if auth := PREFECT_API_AUTH_STRING.value():  # as Prefect's own client logs in
+    if auth := PREFECT_API_AUTH_STRING.value():
         secret = auth.get_secret_value() if hasattr(auth, "get_secret_value") else auth
         headers["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
     elif key := PREFECT_API_KEY.value():
         headers["Authorization"] = f"Bearer {key.get_secret_value() if hasattr(key, 'get_secret_value') else key}"
+    verify = False if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value() else \
+        ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
     where = f"the Prefect API at {redact(api)}"
     try:
-        answer = httpx.get(f"{api.rstrip('/')}/health", headers=headers, timeout=timeout)
+        answer = httpx.get(f"{api.rstrip('/')}/health", headers=headers, timeout=timeout, verify=verify)
     except httpx.TimeoutException:
         raise PipelineError(f"{where} did not answer within {timeout:g} s (PREFECT_API_REQUEST_TIMEOUT); start "
                             "it, or unset PREFECT_API_URL for a temporary server") from None

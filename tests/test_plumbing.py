@@ -158,3 +158,49 @@ def test_a_flow_whose_prefect_api_goes_away_mid_run_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert status == plumbing.EXIT_FAILED and err == "error: run failed: RuntimeError: Failed to reach API at " \
         "http://***@10.0.0.9:4200/api/ (MNIST_DEBUG=1 shows where); production unchanged\n"
+
+
+def test_the_prefect_api_check_logs_in_and_trusts_certificates_as_prefects_client_does(tmp_path):
+    """A server with its own certificate that Prefect's client reaches (PREFECT_API_SSL_CERT_FILE,
+    or PREFECT_API_TLS_INSECURE_SKIP_VERIFY) must pass the check; its login header is Prefect's."""
+    import http.server
+    import ssl
+
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_SSL_CERT_FILE,
+                                  PREFECT_API_TLS_INSECURE_SKIP_VERIFY)
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    seen = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200 if self.headers.get("Authorization") == "Basic dXNlcjpwdw==" else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"https://127.0.0.1:{server.server_address[1]}/api"
+    try:
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: "user:pw"}):
+            with pytest.raises(plumbing.PipelineError, match="cannot be reached .*CERTIFICATE_VERIFY_FAILED"):
+                plumbing.prefect_api_answers()
+            with temporary_settings({PREFECT_API_SSL_CERT_FILE: str(tmp_path / "cert.pem")}):
+                plumbing.prefect_api_answers()
+            with temporary_settings({PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}):
+                plumbing.prefect_api_answers()
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: "user:wrong",
+                                 PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}):
+            with pytest.raises(plumbing.PipelineError, match=r"refused the login \(HTTP 401\); check PREFECT_API_AUTH"):
+                plumbing.prefect_api_answers()
+    finally:
+        server.shutdown()
+    assert seen[0] == ("/api/health", "Basic dXNlcjpwdw==")
