@@ -321,7 +321,14 @@ def say(line: str, stream=None) -> None:
     try:
         print(line, file=stream, flush=True)
     except OSError as exc:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):  # a stream without a file descriptor has nothing left to flush
+            fd = None
+        if fd is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
         if stream is sys.stdout:
             say(f"warning: the result line could not be printed ({exc.strerror or exc}); the exit status "
                 "says the outcome", sys.stderr)
@@ -360,30 +367,33 @@ def refuse_approval_without_a_lasting_server(params: dict) -> None:
 def prefect_api_answers() -> None:
     """With PREFECT_API_URL set, the run's first call goes to that server, and Prefect's client
     retries one that is down or hung for minutes before raising through the flow (three chained
-    tracebacks, 419 s for a hung one). One health check first, bounded by PREFECT_API_REQUEST_TIMEOUT."""
+    tracebacks, 419 s for a hung one). One request first, bounded by PREFECT_API_REQUEST_TIMEOUT:
+    Prefect's own server version check (`/admin/version`, which needs the login; Prefect Cloud is
+    skipped, as Prefect skips it), with the headers and certificates Prefect's client uses."""
     import base64
     import ssl
 
     import certifi
     import httpx
     from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_REQUEST_TIMEOUT,
-                                  PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY, PREFECT_API_URL)
+                                  PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY, PREFECT_API_URL,
+                                  PREFECT_CLOUD_API_URL, get_current_settings)
 
     api = PREFECT_API_URL.value()
-    if not api:
+    if not api or api.startswith(str(PREFECT_CLOUD_API_URL.value())):
         return
-    # As Prefect's own client (SyncPrefectClient) logs in and checks the server's certificate.
-    headers, timeout = {}, PREFECT_API_REQUEST_TIMEOUT.value()
+    # As prefect/_internal/version_checking.py builds them.
+    headers, timeout = dict(get_current_settings().client.custom_headers), PREFECT_API_REQUEST_TIMEOUT.value()
     if auth := PREFECT_API_AUTH_STRING.value():
         secret = auth.get_secret_value() if hasattr(auth, "get_secret_value") else auth
         headers["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
-    elif key := PREFECT_API_KEY.value():
+    elif (key := PREFECT_API_KEY.value()) and "Authorization" not in headers:
         headers["Authorization"] = f"Bearer {key.get_secret_value() if hasattr(key, 'get_secret_value') else key}"
     verify = False if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value() else \
         ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
     where = f"the Prefect API at {redact(api)}"
     try:
-        answer = httpx.get(f"{api.rstrip('/')}/health", headers=headers, timeout=timeout, verify=verify)
+        answer = httpx.get(f"{api.rstrip('/')}/admin/version", headers=headers, timeout=timeout, verify=verify)
     except httpx.TimeoutException:
         raise PipelineError(f"{where} did not answer within {timeout:g} s (PREFECT_API_REQUEST_TIMEOUT); start "
                             "it, or unset PREFECT_API_URL for a temporary server") from None
@@ -394,7 +404,7 @@ def prefect_api_answers() -> None:
         raise PipelineError(f"{where} refused the login (HTTP {answer.status_code}); check PREFECT_API_AUTH_STRING "
                             "or PREFECT_API_KEY")
     if answer.status_code >= 400:
-        raise PipelineError(f"{where} answered its health check with HTTP {answer.status_code}; is it a Prefect "
+        raise PipelineError(f"{where} answered HTTP {answer.status_code} for its version; is it a Prefect "
                             "server's API (.../api)?")
 
 

@@ -162,12 +162,13 @@ def test_a_flow_whose_prefect_api_goes_away_mid_run_is_one_line_not_a_traceback(
 
 def test_the_prefect_api_check_logs_in_and_trusts_certificates_as_prefects_client_does(tmp_path):
     """A server with its own certificate that Prefect's client reaches (PREFECT_API_SSL_CERT_FILE,
-    or PREFECT_API_TLS_INSECURE_SKIP_VERIFY) must pass the check; its login header is Prefect's."""
+    or PREFECT_API_TLS_INSECURE_SKIP_VERIFY), behind a proxy that wants PREFECT_CLIENT_CUSTOM_HEADERS,
+    must pass the check; a wrong login is named as such."""
     import http.server
     import ssl
 
     from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_SSL_CERT_FILE,
-                                  PREFECT_API_TLS_INSECURE_SKIP_VERIFY)
+                                  PREFECT_API_TLS_INSECURE_SKIP_VERIFY, PREFECT_CLIENT_CUSTOM_HEADERS)
 
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
@@ -175,9 +176,11 @@ def test_the_prefect_api_check_logs_in_and_trusts_certificates_as_prefects_clien
     seen = []
 
     class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
+        def do_GET(self):  # a proxy that wants its own header, before a server that wants the login
             seen.append((self.path, self.headers.get("Authorization")))
-            self.send_response(200 if self.headers.get("Authorization") == "Basic dXNlcjpwdw==" else 401)
+            proxied = self.headers.get("X-Proxy-Token") == "tok"
+            logged_in = self.headers.get("Authorization") == "Basic dXNlcjpwdw=="
+            self.send_response(403 if not proxied else 200 if logged_in else 401)
             self.end_headers()
 
         def log_message(self, *args):
@@ -190,7 +193,8 @@ def test_the_prefect_api_check_logs_in_and_trusts_certificates_as_prefects_clien
     threading.Thread(target=server.serve_forever, daemon=True).start()
     api = f"https://127.0.0.1:{server.server_address[1]}/api"
     try:
-        with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: "user:pw"}):
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: "user:pw",
+                                 PREFECT_CLIENT_CUSTOM_HEADERS: {"X-Proxy-Token": "tok"}}):
             with pytest.raises(plumbing.PipelineError, match="cannot be reached .*CERTIFICATE_VERIFY_FAILED"):
                 plumbing.prefect_api_answers()
             with temporary_settings({PREFECT_API_SSL_CERT_FILE: str(tmp_path / "cert.pem")}):
@@ -198,9 +202,24 @@ def test_the_prefect_api_check_logs_in_and_trusts_certificates_as_prefects_clien
             with temporary_settings({PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}):
                 plumbing.prefect_api_answers()
         with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: "user:wrong",
-                                 PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}):
+                                 PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True,
+                                 PREFECT_CLIENT_CUSTOM_HEADERS: {"X-Proxy-Token": "tok"}}):
             with pytest.raises(plumbing.PipelineError, match=r"refused the login \(HTTP 401\); check PREFECT_API_AUTH"):
                 plumbing.prefect_api_answers()
     finally:
         server.shutdown()
-    assert seen[0] == ("/api/health", "Basic dXNlcjpwdw==")
+    assert seen[0] == ("/api/admin/version", "Basic dXNlcjpwdw==")
+
+
+def test_a_wrong_login_to_a_real_prefect_server_is_named_before_any_work(prefect_server, tmp_path, monkeypatch, capsys):
+    """A Prefect server lets /health through without the login: the check asks what needs it."""
+    from prefect.settings import PREFECT_API_AUTH_STRING
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    monkeypatch.setenv("MNIST_STORE_URL", str(tmp_path / "store"))
+    with temporary_settings({PREFECT_API_URL: prefect_server[0], PREFECT_API_AUTH_STRING: "admin:wrong"}):
+        status = train_flow.main(["--epochs", "1"])
+    assert status == plumbing.EXIT_FAILED and capsys.readouterr().err == (
+        f"error: run failed: the Prefect API at {prefect_server[0]} refused the login (HTTP 401); check "
+        "PREFECT_API_AUTH_STRING or PREFECT_API_KEY; production unchanged\n")
+    assert not (tmp_path / "store").exists()
