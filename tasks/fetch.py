@@ -7,6 +7,7 @@ not hours. Decompression is bounded by the official file sizes (mnist_pipeline.d
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import urllib.error
@@ -18,7 +19,7 @@ from prefect import get_run_logger
 
 from mnist_pipeline import keys
 from mnist_pipeline.dataset import FILES, MNIST_SHA256, decompress_and_verify
-from mnist_pipeline.errors import DatasetError, MirrorUnavailable, NotFoundInStore
+from mnist_pipeline.errors import PERMANENT_ERRNOS, DatasetError, MirrorUnavailable, NotFoundInStore
 from mnist_pipeline.files import open_regular
 from mnist_pipeline.store import ArtifactStore
 from tasks.stage import stage
@@ -98,35 +99,43 @@ def _from_mirrors(name: str, mirrors: tuple[str, ...], deadline_s: float,
                   log=None) -> tuple[bytearray, bytes, str]:
     """The first mirror's copy that verifies. A mirror that lacks the file, does not answer or
     serves a bad copy is passed over for the next (a warning names a bad copy); only when none
-    has a good one does it fail: transient when a network mirror did not answer, else permanent."""
-    missing, unanswered, refused = [], [], []
+    has a good one does it fail: transient when a mirror did not answer (a retry may find it
+    back), else permanent. The failures are told in the mirrors' order."""
+    failures: list[str] = []
+    refused: list[DatasetError] = []
+    transient = False
     for mirror in mirrors:
         try:
             gz = read_mirror(mirror, name + ".gz", deadline_s)
             raw = decompress_and_verify(name, gz, mirror)
         except FileNotFoundError as exc:
-            missing.append(f"{mirror}: missing ({exc.strerror or exc})")
+            failures.append(f"{mirror}: missing ({exc.strerror or exc})")
             continue
         except DatasetError as exc:
             refused.append(exc)
+            failures.append(str(exc))
             continue
         except OSError as exc:
-            if _is_url(mirror):
-                unanswered.append(f"{mirror}: {getattr(exc, 'reason', None) or exc}")
-            else:  # a folder that cannot be read (a link loop, no permission) is not helped by waiting
-                missing.append(f"{mirror}: cannot be read ({exc.strerror or exc})")
+            # A folder that cannot be read for good (a link loop, no permission) is not helped by
+            # waiting; a network mirror, or a folder on a hung network mount, may be.
+            permanent = not _is_url(mirror) and exc.errno in PERMANENT_ERRNOS | {errno.ELOOP, errno.ENOTDIR,
+                                                                                  errno.EISDIR}
+            transient = transient or not permanent
+            failures.append(f"{mirror}: {'cannot be read' if permanent else 'no answer'} "
+                            f"({getattr(exc, 'reason', None) or exc.strerror or exc})")
             continue
         if log and refused:
             log.warning("%s.gz: %s; %s's copy verified", name, "; ".join(map(str, refused)), mirror)
         return raw, gz, mirror
-    if refused and not (missing or unanswered):
+    if refused and len(failures) == len(refused):
         raise refused[0] if len(refused) == 1 else DatasetError("; ".join(map(str, refused)))
-    tried = "; ".join([*missing, *unanswered, *map(str, refused)])
-    if not (unanswered or refused):
+    tried = "; ".join(failures)
+    if transient:
+        what = "no mirror gave a good copy" if refused else "no mirror answered"
+        raise MirrorUnavailable(f"{name}.gz: {what} ({tried}); check the network or MNIST_MIRRORS")
+    if not refused and all(": missing (" in f for f in failures):
         raise DatasetError(f"{name}.gz is on none of the mirrors ({tried}); fix MNIST_MIRRORS")
-    if not unanswered:
-        raise DatasetError(f"{name}.gz: no mirror has a good copy ({tried}); fix MNIST_MIRRORS")
-    raise MirrorUnavailable(f"{name}.gz: no mirror answered ({tried}); check the network or MNIST_MIRRORS")
+    raise DatasetError(f"{name}.gz: no mirror has a good copy ({tried}); fix MNIST_MIRRORS")
 
 
 def fetch_mnist(store: ArtifactStore, mirrors: tuple[str, ...], deadline_s: float = 20.0,

@@ -56,10 +56,32 @@ def test_fetch_over_http_and_fall_through_a_dead_mirror(local_store, http_mirror
     assert len(local_store.list(keys.MNIST_CACHE)) == 4
 
 
-def test_a_mirror_url_with_a_query_keeps_it_after_the_file_name(local_store, http_mirror):
-    """`.../mnist/?sig=X` was asked for `.../mnist/?sig=X/train-images-idx3-ubyte.gz`."""
-    raw = fetch_mnist(local_store, (http_mirror + "?sig=abc",), deadline_s=5)
-    assert len(raw["t10k-labels-idx1-ubyte"]) == 8 + 10000
+def test_a_mirror_url_with_a_query_keeps_it_after_the_file_name(local_store, mnist_mirror):
+    """`.../mnist/?sig=X` was asked for `.../mnist/?sig=X/train-images-idx3-ubyte.gz`: a signed
+    mirror answers only a request that carries its query."""
+    asked = []
+
+    class Signed(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(mnist_mirror), **kwargs)
+
+        def do_GET(self):
+            asked.append(self.path)
+            if not self.path.endswith(".gz?sig=abc"):
+                self.send_error(403)
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Signed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        raw = fetch_mnist(local_store, (f"http://127.0.0.1:{server.server_address[1]}/?sig=abc",), deadline_s=5)
+    finally:
+        server.shutdown()
+    assert len(raw["t10k-labels-idx1-ubyte"]) == 8 + 10000 and asked[0] == "/train-images-idx3-ubyte.gz?sig=abc"
 
 
 def test_mirror_without_the_file_falls_through_to_the_next(local_store, mirror_copy, mnist_mirror):
@@ -109,6 +131,31 @@ def test_a_bad_copy_and_a_missing_one_fail_once_naming_both(local_store, mirror_
         f"{looped}: cannot be read (Too many levels of symbolic links)" in message and "truncated" in message
     assert message.endswith("; fix MNIST_MIRRORS")
     _assert_nothing_cached(local_store)
+
+
+def test_a_folder_on_a_hung_mount_stays_a_transient_failure_and_the_order_is_the_mirrors(local_store, mirror_copy,
+                                                                                         monkeypatch):
+    """A folder error that waiting may mend (ETIMEDOUT on a network mount) is retried by the flow;
+    only a folder that can never be read (a link loop) is permanent."""
+    import errno
+
+    from mnist_pipeline.errors import MirrorUnavailable, is_transient
+    from tasks import fetch
+
+    real = fetch.open_regular
+
+    def hung_mount(path):
+        if "/nfs/" in str(path):
+            raise OSError(errno.ETIMEDOUT, "Connection timed out")
+        return real(path)
+    monkeypatch.setattr(fetch, "open_regular", hung_mount)
+    target = mirror_copy / "train-labels-idx1-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-100])
+    with pytest.raises(MirrorUnavailable) as err:
+        fetch_mnist(local_store, (str(mirror_copy), "/mnt/nfs/mnist"))
+    message = str(err.value)
+    assert is_transient(err.value) and message.startswith("train-labels-idx1-ubyte.gz: no mirror gave a good copy (")
+    assert message.index(str(mirror_copy)) < message.index("/mnt/nfs/mnist: no answer (Connection timed out)")
 
 
 def test_truncated_gz_is_a_clear_error_and_nothing_is_cached(s3_store, mirror_copy):
