@@ -18,9 +18,10 @@ import json
 import os
 import sys
 
+from flows.plumbing import prefect_api_answers
 from flows.train_flow import train_flow
 from mnist_pipeline.data_versions import INGESTED_EVENT
-from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.errors import ConfigError, PipelineError
 from mnist_pipeline.params import parse_params
 from mnist_pipeline.settings import load_settings
 from mnist_pipeline.startup import prepare_process
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the schedule is invalid (--cron / MNIST_CRON {args.cron!r}, --timezone / MNIST_TIMEZONE "
               f"{args.timezone!r}): {exc}", file=sys.stderr)
         return 2
+    try:
+        prefect_api_answers()  # a server that is down or refuses the login: one line, not Prefect's tracebacks
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     train_flow.serve(
         name=args.name,
         schedule=schedule,

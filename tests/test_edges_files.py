@@ -28,7 +28,7 @@ import pytest
 
 from mnist_pipeline import data_versions, keys, registry
 from mnist_pipeline.store import LocalStore, file_record
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, free_port, wait_for
 from tests.fakes import cache_test_set, model_zoo, store_run
 
 CLI = str(Path(sys.executable).parent / "mnist-pipeline")
@@ -445,6 +445,16 @@ def test_serve_refuses_a_bad_schedule_or_parameters_in_one_line_naming_option_an
                           env if given else dict(env, **{variable: argv[1]}), tmp_path)
         assert child.code == 2 and child.one_error_line().startswith(line)
     assert not (tmp_path / "store").exists()
+
+
+def test_serve_says_in_one_line_that_its_prefect_api_does_not_answer(tmp_path):
+    """It printed two chained tracebacks (httpx.ConnectError) and exit 1."""
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), MNIST_STORE_URL=str(tmp_path / "store"),
+               PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api")
+    child = run_child([sys.executable, "deployments/serve.py"], env, tmp_path)
+    assert child.code == 1 and child.seconds < 30
+    assert child.one_error_line().startswith(f"error: the Prefect API at {env['PREFECT_API_URL']} cannot be "
+                                             "reached (ConnectError: ")
 
 
 def test_serve_takes_an_empty_variable_for_unset(monkeypatch):
