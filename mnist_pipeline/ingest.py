@@ -121,6 +121,8 @@ def prepare(path: str) -> tuple[bytes | None, str | None]:
     """(the prepared image's 784 bytes, None), or (None, why not): runs in the pool's workers."""
     from mnist_pipeline.digits import load_digit
 
+    if "\0" in path:  # from a CSV row: the OS's "embedded null byte" would name nothing
+        return None, f"{path} cannot be a file name: it holds a NUL byte"
     try:
         digit = load_digit(path)
     except ValueError as exc:
@@ -146,7 +148,7 @@ def _total_bytes(paths: list[str]) -> int:
     for path in paths:
         try:
             total += os.stat(path).st_size
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the name (a CSV row can hold one)
             pass  # prepare() says what is wrong with it
     return total
 

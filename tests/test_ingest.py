@@ -118,6 +118,17 @@ def test_a_csv_of_path_and_label_is_ingested_and_a_bad_row_is_one_line(cli, stor
     assert version.counts.train == [3, 3, 3, 3, 4, 3, 3, 3, 3, 3] and version.holdout_images == 0
 
 
+def test_a_csv_row_with_a_nul_byte_is_skipped_in_one_line_and_the_rest_is_stored(cli, store, digits, tmp_path):
+    """It ended the whole ingest: `unexpected ValueError: embedded null byte`, nothing stored."""
+    good = sorted((digits / "0").iterdir())[0]
+    (tmp_path / "nul.csv").write_bytes(f"{good},0\n\0,1\n{good}\0x,0\n".encode())
+    result = cli("ingest", str(tmp_path / "nul.csv"), "--holdout", "0")
+    assert result.code == 0 and result.err.splitlines() == [
+        f"skipped: {tmp_path}/\\x00 cannot be a file name: it holds a NUL byte",
+        f"skipped: {good}\\x00x cannot be a file name: it holds a NUL byte"]
+    assert data_versions.list_versions(store)[0].total == 1
+
+
 def test_bad_input_is_one_line_each_and_the_rest_is_stored(cli, store, digits, tmp_path):
     """Unreadable, blank, 1x1, a decompression bomb, a FIFO, a non-digit folder, a stray file,
     duplicates within the folder and a label conflict: one line each naming it; the good images
