@@ -57,11 +57,26 @@ class _InformationWithoutTraceback(logging.Filter):
         return True
 
 
+class _LostConnectionInOneLine(logging.Filter):
+    """Dask's client logs each failed reconnection to a lost scheduler as an error with an empty
+    message and the connection's traceback (distributed/client.py): one line naming the error
+    instead; the search then fails in one line of its own (tasks/search.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, OSError) or type(exc).__name__ == "CommClosedError":
+            said = record.getMessage().strip()
+            record.msg, record.args = f"{said + ': ' if said else ''}{type(exc).__name__}: {exc}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def quiet_expected_tracebacks() -> None:
     for name, quiet in (("prefect.flow_runs", _ExpectedErrorsWithoutTraceback),
                         ("prefect.task_runs", _ExpectedErrorsWithoutTraceback),
                         ("prefect.engine", _ExpectedErrorsWithoutTraceback),
-                        ("distributed.batched", _InformationWithoutTraceback)):
+                        ("distributed.batched", _InformationWithoutTraceback),
+                        ("distributed.client", _LostConnectionInOneLine)):
         logger = logging.getLogger(name)
         if not any(isinstance(f, quiet) for f in logger.filters):
             logger.addFilter(quiet())
@@ -349,7 +364,7 @@ def exit_status(state: State) -> int:
         return EXIT_PROMOTED if summary["promoted"] else EXIT_BLOCKED
     exc = state.result(raise_on_failure=False)
     detail = str(exc) if isinstance(exc, PipelineError) else (state.message or "unknown error")
-    say(f"error: run failed: {redact(detail)}", sys.stderr)
+    say(f"error: run failed: {' '.join(redact(detail).split())}", sys.stderr)  # one line, whatever Prefect says
     return EXIT_FAILED
 
 

@@ -139,7 +139,10 @@ def drive_search(oracle, launch: Callable[[str, dict], object],
                 on_record(record)
 
 
-def dask_wait_any(futures: dict, poll_s: float = 2.0, no_worker_timeout_s: float = 120.0,
+NO_WORKER_TIMEOUT_S = 120.0  # how long trials wait for a Dask worker, at the start or when all are gone
+
+
+def dask_wait_any(futures: dict, poll_s: float = 2.0, no_worker_timeout_s: float = NO_WORKER_TIMEOUT_S,
                   log=None) -> list[tuple[str, dict]]:
     """wait_any for PrefectDaskFutures: the trials that are done, and their outcomes.
 
@@ -151,6 +154,19 @@ def dask_wait_any(futures: dict, poll_s: float = 2.0, no_worker_timeout_s: float
 
     by_dask = {f.wrapped_future: tid for tid, f in futures.items()}
     client = next(iter(by_dask)).client
+    try:
+        return _wait_any(client, futures, by_dask, poll_s, no_worker_timeout_s, log)
+    except (distributed.client.FuturesCancelledError, distributed.comm.CommClosedError, OSError):
+        # the client lost its scheduler: every call to it fails from now on
+        raise ClusterUnavailable(f"the Dask scheduler at {getattr(client.scheduler, 'address', '?')} was lost "
+                                 "during the search (its trials with it); check that it is up, and run the "
+                                 "search again") from None
+
+
+def _wait_any(client, futures: dict, by_dask: dict, poll_s: float, no_worker_timeout_s: float,
+              log) -> list[tuple[str, dict]]:
+    import distributed
+
     no_workers_since = None
     while True:
         try:
@@ -269,7 +285,12 @@ def run_search(p: TuneParams, address: Optional[str], store, run_id: str, source
                               "distributed.worker.preload": [] if address else [__name__]}):
             client = runner.client
         if address:
-            client.wait_for_workers(1, timeout=120)
+            try:
+                client.wait_for_workers(1, timeout=NO_WORKER_TIMEOUT_S)
+            except TimeoutError:  # Dask's WorkerStartTimeoutError: Prefect took it for the flow's own timeout
+                raise ClusterUnavailable(f"no worker joined the Dask scheduler at {address} within "
+                                         f"{NO_WORKER_TIMEOUT_S:.0f} s; start workers for it (`dask worker "
+                                         f"{address}`)") from None
         workers = sorted(client.nthreads())
         parallel = p.max_parallel or max(1, sum(client.nthreads().values()))
         threads = cnn_threads_per_trial(address, len(workers))

@@ -218,7 +218,8 @@ class DaskCluster:
                                                     "--local-directory", str(log_dir / f"worker-{i}")])
                         for i in range(n_workers)]
         self.procs += self.workers
-        self.client().wait_for_workers(n_workers, timeout=60)
+        if n_workers:
+            self.client().wait_for_workers(n_workers, timeout=60)
 
     def _start(self, name: str, cmd: list) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")
@@ -368,6 +369,43 @@ def test_search_survives_a_worker_killed_mid_trial(tune_env, cluster):
     assert time.monotonic() - killed_at < 600
     assert {r["worker"] for r in records} == set(pids)  # the victim's first trial is on record too
     assert_best_candidate_gated_and_linked(tune_env, run_id, search, records)
+
+
+def test_a_scheduler_lost_mid_search_is_one_line_and_a_failed_run(tune_env, tmp_path):
+    """SIGKILL the scheduler after the first trial: the run failed with a traceback in its log and
+    a five-line error (Dask's FuturesCancelledError) on stderr."""
+    cluster = DaskCluster(tune_env, tmp_path, n_workers=1)
+    try:
+        flow = FlowProcess([sys.executable, "flows/tune_flow.py", "--trials", "30", "--max-parallel", "1", "--epochs",
+                            "1", "--train-limit", "4000"], REPO, dict(tune_env, MNIST_DASK_ADDRESS=cluster.address))
+        flow.wait_for("trial 00 COMPLETED", timeout=600)
+        os.killpg(cluster.procs[0].pid, signal.SIGKILL)
+        code = flow.wait(120)
+    finally:
+        cluster.stop()
+    errors = [line for line in flow.output.splitlines() if line.startswith("error:")]
+    assert code == 1 and "Traceback" not in flow.output, flow.output[-4000:]
+    assert errors == [f"error: run failed: the Dask scheduler at {cluster.address} was lost during the search (its "
+                      "trials with it); check that it is up, and run the search again"], flow.output[-3000:]
+
+
+def test_a_scheduler_without_workers_is_one_line_naming_what_to_start(tune_env, tmp_path):
+    """It failed after 134 s as `Flow run failed due to timeout: WorkerStartTimeoutError(0, 1)` (the
+    run TimedOut); the wait is shortened here from its 120 s."""
+    cluster = DaskCluster(tune_env, tmp_path, n_workers=0)
+    start = ("import sys; import tasks.search as search; search.NO_WORKER_TIMEOUT_S = 3; "
+             "from flows import tune_flow; sys.exit(tune_flow.main(sys.argv[1:]))")
+    try:
+        proc = subprocess.run([sys.executable, "-c", start, "--trials", "2", "--epochs", "1"], cwd=REPO,
+                              env=dict(tune_env, MNIST_DASK_ADDRESS=cluster.address), capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        cluster.stop()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in output, output[-4000:]
+    assert [line for line in output.splitlines() if line.startswith("error:")] == [
+        f"error: run failed: no worker joined the Dask scheduler at {cluster.address} within 3 s; start workers "
+        f"for it (`dask worker {cluster.address}`)"]
 
 
 @pytest.mark.slow  # the all-trials-failed line itself: test_every_trial_failed_is_one_line_error
