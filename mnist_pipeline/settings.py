@@ -129,7 +129,10 @@ class Settings(BaseSettings):
     @field_validator("dask_address")
     @classmethod
     def _check_dask(cls, value: str | None) -> str | None:
-        if value and not re.match(r"^(tcp|tls|inproc|ucx)://[^/]+$", value):
+        # A host name, an IPv4 address or a bracketed IPv6 one; a port of 1-65535 ('tcp://[::1' and
+        # port 99999 passed, to fail after the run had started)
+        match = re.fullmatch(r"(tcp|tls|ucx)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?", value or "")
+        if value and not (match and (match[3] is None or 0 < int(match[3]) < 65536)):
             raise ValueError("must look like tcp://HOST:PORT")
         return value
 

@@ -39,6 +39,8 @@ def test_environment_is_read(monkeypatch):
     ("MNIST_MIN_CLASS_RECALL", "1.2", "less than or equal to 1"),
     ("AWS_DEFAULT_REGION", "bad region!", "a region name such as us-east-1"),
     ("MNIST_STORE_URL", "~no-such-user-here/store", "a home folder ('~...') this machine cannot find"),
+    ("MNIST_DASK_ADDRESS", "tcp://[::1", "must look like tcp://HOST:PORT"),  # these two failed the run later
+    ("MNIST_DASK_ADDRESS", "tcp://127.0.0.1:99999", "must look like tcp://HOST:PORT"),
 ])
 def test_invalid_value_is_one_line_naming_the_variable(monkeypatch, name, value, needle):
     monkeypatch.setenv(name, value)
@@ -46,6 +48,12 @@ def test_invalid_value_is_one_line_naming_the_variable(monkeypatch, name, value,
         load_settings()
     message = str(err.value)
     assert message.startswith(f"{name} is invalid") and needle in message and "\n" not in message
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "tcp://[::1]:8786", "tls://scheduler.example:8786"])
+def test_a_dask_address_is_taken(monkeypatch, address):
+    monkeypatch.setenv("MNIST_DASK_ADDRESS", address)
+    assert load_settings().dask_address == address
 
 
 @pytest.mark.parametrize("name", ["MNIST_MIN_ACCURACY", "MNIST_MIRRORS", "MNIST_DEADLINE_S", "AWS_MAX_ATTEMPTS",
