@@ -55,12 +55,16 @@ def _download(url: str, deadline_s: float) -> bytes:
     return b"".join(chunks)
 
 
+def _is_url(mirror: str) -> bool:
+    return mirror.startswith(("http://", "https://"))
+
+
 def read_mirror(mirror: str, filename: str, deadline_s: float = 20.0) -> bytes:
     """Bytes of `filename` from an HTTP(S) base URL or a local folder.
 
     FileNotFoundError when the mirror answers but lacks the file, OSError on network failure or
     a download that is too slow."""
-    if mirror.startswith(("http://", "https://")):
+    if _is_url(mirror):
         # The file name goes on the path; a query (a signed or tokened mirror) stays a query.
         parts = urllib.parse.urlsplit(mirror)
         url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + filename))
@@ -89,10 +93,6 @@ def _from_cache(store: ArtifactStore, name: str) -> bytearray | None:
         return decompress_and_verify(name, gz, "the store cache")
     except DatasetError:
         return None  # a damaged cache entry is ignored and refetched, then overwritten
-
-
-def _is_url(mirror: str) -> bool:
-    return mirror.startswith(("http://", "https://"))
 
 
 def _from_mirrors(name: str, mirrors: tuple[str, ...], deadline_s: float,
