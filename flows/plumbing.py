@@ -64,9 +64,14 @@ class _LostConnectionInOneLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, OSError) or type(exc).__name__ == "CommClosedError":
+        chain = []  # the error and what caused it: a reconnection cut short ends in CancelledError
+        while exc is not None and exc not in chain:
+            chain.append(exc)
+            exc = exc.__cause__ or exc.__context__
+        lost = next((e for e in chain if isinstance(e, OSError) or type(e).__name__ == "CommClosedError"), None)
+        if lost is not None:
             said = record.getMessage().strip()
-            record.msg, record.args = f"{said + ': ' if said else ''}{type(exc).__name__}: {exc}", ()
+            record.msg, record.args = f"{said + ': ' if said else ''}{type(lost).__name__}: {lost}", ()
             record.exc_info, record.exc_text = None, None
         return True
 

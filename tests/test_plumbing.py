@@ -223,3 +223,24 @@ def test_a_wrong_login_to_a_real_prefect_server_is_named_before_any_work(prefect
         f"error: run failed: the Prefect API at {prefect_server[0]} refused the login (HTTP 401); check "
         "PREFECT_API_AUTH_STRING or PREFECT_API_KEY; production unchanged\n")
     assert not (tmp_path / "store").exists()
+
+
+def test_dasks_reconnection_errors_to_a_lost_scheduler_are_one_line_each(caplog):
+    """distributed.client logs each failed reconnection with an empty message and a traceback;
+    one cut short by the client's closing ends in CancelledError, its cause the refused connection."""
+    import asyncio
+    import logging
+
+    plumbing.quiet_expected_tracebacks()
+    logger = logging.getLogger("distributed.client")
+    for exc in (ConnectionRefusedError(111, "Connection refused"), asyncio.CancelledError()):
+        try:
+            try:
+                raise ConnectionRefusedError(111, "Connection refused")
+            except ConnectionRefusedError as refused:
+                raise exc from (None if exc is refused else refused)
+        except BaseException:
+            with caplog.at_level(logging.ERROR, "distributed.client"):
+                logger.error("", exc_info=True)
+    assert "Traceback" not in caplog.text
+    assert [r.getMessage() for r in caplog.records] == ["ConnectionRefusedError: [Errno 111] Connection refused"] * 2
