@@ -68,7 +68,7 @@ class _LostConnectionInOneLine(logging.Filter):
         while exc is not None and exc not in chain:
             chain.append(exc)
             exc = exc.__cause__ or exc.__context__
-        lost = next((e for e in chain if isinstance(e, OSError) or type(e).__name__ == "CommClosedError"), None)
+        lost = next((e for e in chain if isinstance(e, OSError)), None)  # Dask's CommClosedError is one
         if lost is not None:
             said = record.getMessage().strip()
             record.msg, record.args = f"{said + ': ' if said else ''}{type(lost).__name__}: {lost}", ()

@@ -156,7 +156,7 @@ def dask_wait_any(futures: dict, poll_s: float = 2.0, no_worker_timeout_s: float
     client = next(iter(by_dask)).client
     try:
         return _wait_any(client, futures, by_dask, poll_s, no_worker_timeout_s, log)
-    except (distributed.client.FuturesCancelledError, distributed.comm.CommClosedError, OSError):
+    except (distributed.client.FuturesCancelledError, OSError):  # OSError: Dask's CommClosedError too
         # the client lost its scheduler: every call to it fails from now on
         raise ClusterUnavailable(f"the Dask scheduler at {getattr(client.scheduler, 'address', '?')} was lost "
                                  "during the search (its trials with it); check that it is up, and run the "
